@@ -1,0 +1,70 @@
+"""Single-run language-model config.
+
+Command (trains the default ``small`` model on the embedded stdlib corpus)::
+
+    python -m experiments.train --config=configs/lm.py --workdir=/tmp/lm_small
+
+Variants: ``configs/lm.py:tiny`` (seconds, for tests), ``configs/lm.py:small``.
+Any field can be overridden, e.g. ``--config.train.steps=500
+--config.model.attention_pattern=full --config.mesh.fsdp=2``.
+"""
+import ml_collections
+
+from moba_jax.data import default_data_config
+from moba_jax.model import default_model_config
+
+SIZES = {
+    # name: d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim
+    "tiny": dict(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=96),
+    "small": dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384),
+}
+
+
+def train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        seq_len=256,
+        global_batch=16,
+        grad_accum=1,
+        lr=3e-3,
+        warmup_frac=0.05,
+        final_lr_frac=0.1,
+        weight_decay=0.1,
+        b1=0.9,
+        b2=0.95,
+        eps=1e-8,
+        grad_clip=1.0,
+        # Exactly one of budget_flops / tokens / steps sets the run length.
+        budget_flops=0.0,
+        budget_convention="exact",
+        tokens=0,
+        steps=200,
+        seed=0,
+        log_every=10,
+        checkpoint_every=100,
+        progress=True,
+        peak_flops_per_device=0.0,   # 0: from the device kind when known (for MFU)
+    ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = default_model_config()
+    c.data = default_data_config()
+    c.train = train_config()
+    c.eval = ml_collections.ConfigDict(dict(points=16, batches=8))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
+    return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    size = arg or "small"
+    if size not in SIZES:
+        raise ValueError(f"configs/lm.py: unknown variant {size!r}; choose one of {sorted(SIZES)}")
+    c = base_config()
+    c.model.update(SIZES[size])
+    if size == "tiny":
+        c.train.update(seq_len=64, global_batch=8, steps=30, log_every=5, checkpoint_every=10)
+        c.eval.update(points=6, batches=2)
+        c.data.max_docs = 400
+    return c

@@ -1,0 +1,63 @@
+"""The compute-matched scaling sweep.
+
+Default (the README's main job; about 4 sizes x 1 arm on a 2-core CPU)::
+
+    python -m experiments.sweep --config=configs/scaling.py --workdir=runs/scaling
+
+Plan only (parameters, tokens, FLOPs, PFLOP/s-days of every run)::
+
+    python -m experiments.sweep --config=configs/scaling.py --dry_run
+
+Variants: ``configs/scaling.py:tiny`` (seconds; used by the tests).
+Overrides: ``--config.arms=full --config.budgets=1e11,3e11,1e12,3e12``,
+``--config.base.data.source=jsonl --config.base.data.path=corpus.jsonl``,
+``--config.base.mesh.fsdp=4``.
+
+Budgets are training FLOPs in ``budget_convention`` (``"exact"`` by default,
+see analysis/flops.py); one budget per size, paired in order. Each run's token
+count is its budget divided by its own FLOPs per token, and its learning-rate
+schedule spans exactly those tokens.
+"""
+import ml_collections
+
+from configs import lm
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = arg or "default"
+    c = ml_collections.ConfigDict()
+    c.base = lm.base_config()
+    c.base.train.update(seq_len=256, global_batch=8, log_every=10, checkpoint_every=50,
+                        warmup_frac=0.05, lr=3e-3)
+    c.base.eval.update(points=12, batches=8)
+    c.budget_convention = "exact"
+    c.grid = False
+
+    # Arms: model-config overrides. MoBA, KDA, MLA arms join here as they land.
+    c.arm_defs = ml_collections.ConfigDict(dict(
+        full=dict(attention_pattern="full"),
+    ))
+    c.arms = "full"
+
+    # Sizes: shapes (and a per-size learning rate, chosen for all arms alike).
+    c.size_defs = ml_collections.ConfigDict(dict(
+        s1=dict(d_model=48, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=24, mlp_dim=128, lr=4e-3),
+        s2=dict(d_model=64, n_layers=3, n_heads=2, n_kv_heads=1, head_dim=32, mlp_dim=192, lr=3.5e-3),
+        s3=dict(d_model=96, n_layers=4, n_heads=3, n_kv_heads=1, head_dim=32, mlp_dim=256, lr=3e-3),
+        s4=dict(d_model=128, n_layers=5, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384, lr=2.5e-3),
+        t1=dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, mlp_dim=48, lr=5e-3),
+        t2=dict(d_model=24, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=12, mlp_dim=64, lr=5e-3),
+    ))
+    if variant == "default":
+        c.sizes = "s1,s2,s3,s4"
+        c.budgets = "1.5e11,4e11,1e12,2.5e12"
+    elif variant == "tiny":
+        c.sizes = "t1,t2"
+        c.budgets = "6e8,2e9"
+        c.base.train.update(seq_len=64, global_batch=4, log_every=2, checkpoint_every=10,
+                            progress=False)
+        c.base.eval.update(points=5, batches=2)
+        c.base.data.max_docs = 300
+    else:
+        raise ValueError(f"configs/scaling.py: unknown variant {variant!r}; choose 'default' or 'tiny'")
+    return c

@@ -1,0 +1,150 @@
+"""A decoder-only Transformer language model in Flax NNX.
+
+Pre-norm blocks ``x + Attn(RMSNorm(x))`` then ``x + SwiGLU(RMSNorm(x))``; the
+attention of each layer is chosen by :func:`layer_kinds` from the config's
+pattern and built through the attention registry, so MoBA, KDA, MLA and full
+attention mix freely in one model.
+
+Model config fields (see :func:`default_model_config`):
+
+- ``vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim``
+- ``attention_pattern``: comma-separated kinds repeated over the layers,
+  e.g. ``"full"``, ``"kda,kda,kda,mla"`` (``n_layers`` must be a multiple of
+  the pattern length);
+- ``full_attention_last_n``: the last N layers use ``"full"`` whatever the
+  pattern says (MoBA's layer-wise hybrid);
+- ``attention.<kind>``: options of each kind (``implementation``, ``rope``, ...);
+- ``tie_embeddings``, ``dtype`` (compute dtype), ``rope_theta``, ``norm_eps``.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from moba_jax import layers
+from moba_jax.attention import get_attention
+from moba_jax.sharding import constrain
+
+
+class ModelConfigError(ValueError):
+    """A model config the model cannot take."""
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        vocab_size=259,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=32,
+        mlp_dim=384,
+        attention_pattern="full",
+        full_attention_last_n=0,
+        tie_embeddings=True,
+        dtype="float32",
+        rope_theta=10000.0,
+        norm_eps=1e-6,
+        attention=dict(full=dict(implementation="xla", rope=True)),
+    ))
+
+
+def layer_kinds(cfg) -> list[str]:
+    """The attention kind of every layer, after the pattern and hybrid rules."""
+    pattern = [p.strip() for p in str(cfg.attention_pattern).split(",") if p.strip()]
+    if not pattern:
+        raise ModelConfigError("model.attention_pattern is empty; give e.g. 'full' or 'kda,kda,kda,mla'")
+    if cfg.n_layers % len(pattern):
+        raise ModelConfigError(
+            f"model.n_layers={cfg.n_layers} is not a multiple of the attention pattern "
+            f"length {len(pattern)} ({cfg.attention_pattern!r}); change one of them")
+    kinds = pattern * (cfg.n_layers // len(pattern))
+    last = int(cfg.get("full_attention_last_n", 0))
+    if not 0 <= last <= cfg.n_layers:
+        raise ModelConfigError(f"model.full_attention_last_n={last} must be in [0, n_layers={cfg.n_layers}]")
+    for i in range(cfg.n_layers - last, cfg.n_layers):
+        kinds[i] = "full"
+    for k in kinds:
+        get_attention(k)  # raises UnknownAttentionError naming the known kinds
+    return kinds
+
+
+def validate_model_config(cfg) -> None:
+    """Raises :class:`ModelConfigError` naming the field for configs the model cannot take."""
+    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
+        if int(cfg[f]) <= 0:
+            raise ModelConfigError(f"model.{f}={cfg[f]} must be a positive integer")
+    if cfg.n_heads % cfg.n_kv_heads:
+        raise ModelConfigError(
+            f"model.n_heads={cfg.n_heads} is not a multiple of model.n_kv_heads={cfg.n_kv_heads}; "
+            "grouped-query attention needs n_kv_heads to divide n_heads")
+    if cfg.head_dim % 2:
+        raise ModelConfigError(f"model.head_dim={cfg.head_dim} must be even for rotary positions")
+    if cfg.dtype not in ("float32", "bfloat16"):
+        raise ModelConfigError(f"model.dtype={cfg.dtype!r}: choose 'float32' or 'bfloat16'")
+    layer_kinds(cfg)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg, layer_idx: int, kind: str, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(cfg.dtype)
+        self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
+        self.attn = get_attention(kind)(cfg, layer_idx, rngs=rngs)
+        self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
+        self.mlp = layers.SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, dtype=dtype,
+                                 out_scale=(2 * cfg.n_layers) ** -0.5)
+
+    def __call__(self, x, positions):
+        x = x + self.attn(self.attn_norm(x), positions)
+        x = constrain(x, ("batch", "seq", "embed"))
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "seq", "embed"))
+
+
+class TransformerLM(nnx.Module):
+    """``logits = TransformerLM(cfg)(tokens_BT, positions_BT)``, logits float32 ``[B, T, V]``."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        validate_model_config(cfg)
+        dtype = jnp.dtype(cfg.dtype)
+        self.kinds = tuple(layer_kinds(cfg))
+        self.embed = layers.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=dtype)
+        self.blocks = nnx.List([Block(cfg, i, k, rngs=rngs) for i, k in enumerate(self.kinds)])
+        self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
+        self.tie_embeddings = bool(cfg.tie_embeddings)
+        if not self.tie_embeddings:
+            self.head = layers.Dense(cfg.d_model, cfg.vocab_size, in_axes=("embed",),
+                                     out_axes=("vocab",), rngs=rngs, dtype=dtype)
+
+    def __call__(self, tokens_BT, positions_BT=None):
+        return self.forward_embeddings(self.embed(tokens_BT), positions_BT)
+
+    def forward_embeddings(self, x_BTD, positions_BT=None):
+        """Logits from input embeddings (used by the causality test and probes)."""
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(x_BTD.shape[1]), x_BTD.shape[:2])
+        x = constrain(x_BTD, ("batch", "seq", "embed"))
+        for block in self.blocks:
+            x = block(x, positions_BT)
+        x = self.final_norm(x)
+        logits = self.embed.attend(x) if self.tie_embeddings else self.head(x)
+        return constrain(logits.astype(jnp.float32), ("batch", "seq", "vocab"))
+
+
+def param_counts(params) -> dict[str, int]:
+    """Total and non-embedding parameter counts of a (pure-dict) parameter tree.
+
+    Non-embedding = everything except the token embedding table and an untied
+    output head (Kaplan et al.'s N); this is the N of the 6ND convention.
+    """
+    total = 0
+    embedding = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        n = int(leaf.size)
+        total += n
+        keys = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+        if "embed" in keys[:1] or "head" in keys[:1]:
+            embedding += n
+    return {"total": total, "non_embedding": total - embedding, "embedding": embedding}

@@ -1,0 +1,233 @@
+"""Compute-matched sweeps: plan runs from a sweep config, train them, collect results.
+
+A sweep config (see ``configs/scaling.py``) holds a ``base`` run config and:
+
+- ``arms``: comma-separated arm names, each defined in ``arm_defs.<name>`` as
+  model-config overrides (``attention_pattern``, ``full_attention_last_n``,
+  ``attention.<kind>.*``) plus optional ``train`` overrides;
+- ``sizes``: comma-separated size names defined in ``size_defs.<name>`` (model
+  shape fields plus an optional per-size ``lr``);
+- ``budgets``: comma-separated FLOP budgets in ``budget_convention`` (one per
+  size, paired in order, or every size x every budget with ``grid=True``).
+
+Each run's tokens follow from its budget and its own FLOPs per token, so every
+arm gets exactly the same compute at each point. The sweep directory receives
+one folder per run, ``results.jsonl`` / ``results.csv`` (one row per finished
+run) and ``loss_vs_compute.png``. Finished runs are skipped on restart;
+unfinished ones resume from their checkpoints.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+
+import ml_collections
+
+from analysis import flops as flops_lib
+from moba_jax.budget import RunConfigError, run_length
+from moba_jax.model import validate_model_config
+from moba_jax.train import metrics as mx
+
+log = logging.getLogger("moba_jax")
+
+RESULT_FIELDS = ("run", "arm", "size", "status", "n_params_nonembed", "n_params", "steps", "tokens",
+                 "budget_flops", "convention", "final_val_loss", "flops_per_token_exact",
+                 "flops_per_token_6nd", "flops_per_token_compiled", "flops_exact", "flops_6nd",
+                 "pflops_days_exact", "pflops_days_6nd", "unigram_entropy_nats")
+
+
+class SweepConfigError(ValueError):
+    """A sweep config that cannot be planned (message names the field and the fix)."""
+
+
+@dataclasses.dataclass
+class RunPlan:
+    name: str
+    arm: str
+    size: str
+    budget_flops: float
+    config: ml_collections.ConfigDict
+    steps: int
+    tokens: int
+    n_params_nonembed: int
+    flops_per_token: dict
+
+    def row(self) -> dict:
+        return {"run": self.name, "arm": self.arm, "size": self.size,
+                "n_params_nonembed": self.n_params_nonembed, "steps": self.steps,
+                "tokens": self.tokens, "budget_flops": self.budget_flops,
+                "pflops_days": flops_lib.to_pflops_days(self.budget_flops)}
+
+
+def _names(field: str, value: str) -> list[str]:
+    out = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not out:
+        raise SweepConfigError(f"sweep.{field} is empty; list at least one, comma-separated")
+    return out
+
+
+def _merge(dst: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
+    for k, v in overrides.items():
+        if k not in dst:
+            raise SweepConfigError(f"{where}.{k}: no such field in the run config")
+        if isinstance(v, dict):
+            _merge(dst[k], v, f"{where}.{k}")
+        else:
+            dst[k] = v
+
+
+def plan_sweep(cfg) -> list[RunPlan]:
+    """Expands a sweep config into its runs (raises :class:`SweepConfigError`)."""
+    arms = _names("arms", cfg.arms)
+    sizes = _names("sizes", cfg.sizes)
+    try:
+        budgets = [float(b) for b in _names("budgets", cfg.budgets)]
+    except ValueError:
+        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: give comma-separated numbers "
+                               "such as '1e12,3e12'") from None
+    if any(b <= 0 for b in budgets):
+        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: budgets must be positive")
+    if cfg.get("grid", False):
+        pairs = [(s, b) for s in sizes for b in budgets]
+    else:
+        if len(budgets) != len(sizes):
+            raise SweepConfigError(
+                f"sweep.budgets has {len(budgets)} entries but sweep.sizes has {len(sizes)}; "
+                "give one budget per size or set --config.grid=True for every size x budget")
+        pairs = list(zip(sizes, budgets))
+    plans = []
+    for arm in arms:
+        if arm not in cfg.arm_defs:
+            raise SweepConfigError(f"sweep.arms: unknown arm {arm!r}; defined arms: "
+                                   f"{', '.join(sorted(cfg.arm_defs))}")
+        for size, budget in pairs:
+            if size not in cfg.size_defs:
+                raise SweepConfigError(f"sweep.sizes: unknown size {size!r}; defined sizes: "
+                                       f"{', '.join(sorted(cfg.size_defs))}")
+            run_cfg = copy.deepcopy(cfg.base)
+            size_def = dict(cfg.size_defs[size].to_dict())
+            lr = size_def.pop("lr", None)
+            _merge(run_cfg.model, size_def, f"size_defs.{size}")
+            arm_def = dict(cfg.arm_defs[arm].to_dict())
+            train_over = arm_def.pop("train", {})
+            _merge(run_cfg.model, arm_def, f"arm_defs.{arm}")
+            _merge(run_cfg.train, train_over, f"arm_defs.{arm}.train")
+            if lr is not None:
+                run_cfg.train.lr = lr
+            run_cfg.train.update(budget_flops=budget, budget_convention=cfg.budget_convention,
+                                 tokens=0, steps=0)
+            validate_model_config(run_cfg.model)
+            try:
+                length = run_length(run_cfg.model, run_cfg.train)
+            except RunConfigError as e:
+                raise SweepConfigError(f"run {arm}/{size}: {e}") from None
+            name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
+            plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
+                                 flops_lib.non_embedding_params(run_cfg.model),
+                                 length.flops_per_token))
+    return plans
+
+
+def sweep_fingerprint(cfg) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def format_plan(plans: list[RunPlan], convention: str) -> str:
+    head = (f"{'run':<28}{'N non-emb':>12}{'tokens':>14}{'steps':>8}{'FLOPs/token':>13}"
+            f"{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
+    lines = [head, "-" * len(head)]
+    for p in plans:
+        lines.append(f"{p.name:<28}{p.n_params_nonembed:>12,}{p.tokens:>14,}{p.steps:>8}"
+                     f"{p.flops_per_token[convention]:>13.3g}{p.budget_flops:>14.3g}"
+                     f"{flops_lib.to_pflops_days(p.budget_flops):>14.3g}")
+    total = sum(p.budget_flops for p in plans)
+    lines.append(f"total: {len(plans)} runs, {total:.3g} {convention} FLOPs = "
+                 f"{flops_lib.to_pflops_days(total):.3g} PFLOP/s-days")
+    return "\n".join(lines)
+
+
+def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
+    rows = []
+    for p in plans:
+        path = os.path.join(workdir, p.name, "result.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            res = json.load(f)
+        row = {"run": p.name, "arm": p.arm, "size": p.size, "status": "done", **res}
+        for c in ("exact", "6nd"):
+            row[f"pflops_days_{c}"] = flops_lib.to_pflops_days(res[f"flops_{c}"])
+        rows.append(row)
+    return rows
+
+
+def write_results(workdir: str, rows: list[dict]) -> None:
+    tmp = os.path.join(workdir, "results.jsonl.tmp")
+    with open(tmp, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+    os.replace(tmp, os.path.join(workdir, "results.jsonl"))
+    tmp = os.path.join(workdir, "results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, os.path.join(workdir, "results.csv"))
+
+
+def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print) -> list[dict]:
+    """Plans the sweep, trains every unfinished run, writes the table and the figure."""
+    from moba_jax.train.loop import train  # heavy imports only when training
+
+    plans = plan_sweep(cfg)
+    echo(format_plan(plans, cfg.budget_convention))
+    if dry_run:
+        return [p.row() for p in plans]
+    os.makedirs(workdir, exist_ok=True)
+    fp_path = os.path.join(workdir, "sweep.json")
+    fingerprint = sweep_fingerprint(cfg)
+    if os.path.exists(fp_path):
+        with open(fp_path) as f:
+            old = json.load(f)
+        if old.get("fingerprint") != fingerprint:
+            raise SweepConfigError(
+                f"{workdir} belongs to a sweep with a different config (fingerprint "
+                f"{old.get('fingerprint')} != {fingerprint}); use a fresh --workdir")
+    else:
+        mx.write_json_atomic(fp_path, {"fingerprint": fingerprint, "config": cfg.to_dict()})
+
+    for i, p in enumerate(plans):
+        run_dir = os.path.join(workdir, p.name)
+        if os.path.exists(os.path.join(run_dir, "result.json")):
+            echo(f"[{i + 1}/{len(plans)}] {p.name}: finished, skipped")
+            continue
+        echo(f"[{i + 1}/{len(plans)}] {p.name}: {p.n_params_nonembed:,} non-embedding params, "
+             f"{p.tokens:,} tokens, {p.steps} steps")
+        res = train(p.config, run_dir)
+        echo(f"[{i + 1}/{len(plans)}] {p.name}: final validation loss {res.final_val_loss:.4f}")
+    rows = collect_results(workdir, plans)
+    write_results(workdir, rows)
+    summarize(workdir, rows, cfg.budget_convention, echo)
+    return rows
+
+
+def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> None:
+    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law."""
+    from analysis import plots, results
+    sweep = results.load_sweep(workdir)
+    out = os.path.join(workdir, "loss_vs_compute.png")
+    fits = plots.plot_loss_vs_compute(sweep, out, convention=convention)
+    echo(f"figure: {out}")
+    if isinstance(fits, dict):
+        for arm, fit in fits.items():
+            echo(f"  {arm}: L = {fit.a:.4g} * C^{fit.b:.4g}  (C in PFLOP/s-days, {convention} FLOPs)")
+    entropy = rows[0].get("unigram_entropy_nats") if rows else None
+    if entropy is not None:
+        best = min(rows, key=lambda r: r["final_val_loss"])
+        echo(f"byte-unigram entropy of the corpus: {entropy:.4f} nats/token; best validation "
+             f"loss: {best['final_val_loss']:.4f} ({best['run']})")

@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded state, the pure train step, checkpoints, the loop."""

@@ -1,0 +1,200 @@
+"""The training loop: one run from config to results in its run directory.
+
+``RUN_DIR`` receives ``config.json`` (the resolved config and derived run
+length), ``metrics.jsonl`` (one line per logged step), ``checkpoints/`` and, once
+the run has finished, ``result.json``. A run directory without ``result.json``
+is unfinished: calling :func:`train` again resumes it from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moba_jax import sharding as shd
+from moba_jax.budget import RunConfigError, eval_steps, run_length
+from moba_jax.data import build_datasets
+from moba_jax.model import param_counts, validate_model_config
+from moba_jax.train import checkpointing, metrics as mx, optim, state as st, step as stp
+
+log = logging.getLogger("moba_jax")
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str
+    steps: int
+    tokens: int
+    final_val_loss: float
+    summary: dict
+
+
+def config_fingerprint(config) -> str:
+    """Hash of everything that determines the run's trajectory (not its logging)."""
+    keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
+            for k in ("model", "data", "train") if k in config}
+    for k in ("log_every", "checkpoint_every", "progress", "peak_flops_per_device"):
+        keep["train"].pop(k, None)
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _global_batch(local: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k]))
+            for k in stp.BATCH_KEYS}
+
+
+def evaluate(eval_fn, params, val_batches, batch_sharding) -> float:
+    total, count = 0.0, 0.0
+    for b in val_batches:
+        s, n = eval_fn(params, _global_batch(b, batch_sharding))
+        total += float(s)
+        count += float(n)
+    return total / max(count, 1.0)
+
+
+def _validate(config, n_devices_data: int) -> None:
+    validate_model_config(config.model)
+    t = config.train
+    if t.global_batch % t.grad_accum:
+        raise RunConfigError(f"train.global_batch={t.global_batch} is not divisible by "
+                             f"train.grad_accum={t.grad_accum}")
+    if (t.global_batch // t.grad_accum) % n_devices_data:
+        raise RunConfigError(
+            f"train.global_batch / train.grad_accum = {t.global_batch // t.grad_accum} is not "
+            f"divisible by the mesh's data*fsdp = {n_devices_data} devices; change the batch or the mesh")
+
+
+def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
+    """Trains one model as described by ``config`` into ``workdir`` (resuming if possible)."""
+    t = config.train
+    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    _validate(config, mesh.shape["data"] * mesh.shape["fsdp"])
+    length = run_length(config.model, t)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    fingerprint = config_fingerprint(config)
+
+    data = build_datasets(config.data, seq_len=t.seq_len, global_batch=t.global_batch,
+                          seed=t.seed, process_index=jax.process_index(),
+                          process_count=jax.process_count())
+    val_batches = data.val_batches(max_batches=config.eval.batches)
+
+    spec = st.model_spec(config.model, t.seed)
+    tx, schedule = optim.make_optimizer(t, length.steps, spec.param_shapes, spec.metadata)
+    state_sh = st.state_shardings(spec, tx, mesh)
+    batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
+    counts = param_counts(spec.param_shapes)
+
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                      max_to_keep=config.checkpoint.max_to_keep)
+    writer = mx.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    train_iter = data.train_iterator()
+    start_step = 0
+    latest = ckpt.latest_step()
+    with shd.activation_sharding(mesh):
+        if latest is not None:
+            state, data_state, meta = ckpt.restore(latest, st.abstract_state(spec, tx, state_sh))
+            if meta.get("fingerprint") != fingerprint:
+                raise RunConfigError(
+                    f"{workdir} holds a run with a different config (fingerprint "
+                    f"{meta.get('fingerprint')} != {fingerprint}); use a fresh --workdir")
+            train_iter.set_state(data_state)
+            start_step = int(latest)
+            writer.truncate_after(start_step)
+            log.info("resumed %s from step %d", workdir, start_step)
+        else:
+            state = st.create_state(config.model, tx, t.seed, state_sh)
+            if is_main and os.path.exists(writer.path):
+                os.remove(writer.path)
+
+        if is_main:
+            resolved = {"config": config.to_dict(), "fingerprint": fingerprint,
+                        "steps": length.steps, "tokens": length.tokens,
+                        "tokens_per_step": length.tokens_per_step,
+                        "train_flops_per_token": length.flops_per_token,
+                        "budget_flops": length.budget_flops, "budget_convention": length.convention,
+                        "params": counts, "mesh": dict(mesh.shape),
+                        "devices": jax.device_count(), "processes": jax.process_count(),
+                        "data": data.stats}
+            mx.write_json_atomic(os.path.join(workdir, "config.json"), resolved)
+
+        train_fn = stp.jit_train_step(spec, tx, schedule, t.grad_accum, state_sh, batch_sh)
+        eval_fn = stp.jit_eval_step(spec, state_sh["params"], batch_sh)
+        evals = set(eval_steps(length.steps, config.eval.points))
+        peak = mx.peak_flops_per_device(t.get("peak_flops_per_device", 0.0))
+        show = t.get("progress", True) if progress is None else progress
+        bar = None
+        if show and is_main:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=length.steps, initial=start_step, desc=os.path.basename(workdir.rstrip("/")),
+                       unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+        last_val, loss = None, None
+        t_interval, tokens_interval = time.perf_counter(), 0
+        step = start_step
+        try:
+            while step < length.steps:
+                batch = _global_batch(next(train_iter), batch_sh)
+                state, m = train_fn(state, batch)
+                step += 1
+                tokens_interval += length.tokens_per_step
+                loss = float(m["train_loss"])
+                if not np.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"training diverged at step {step}: train loss is {loss}; the last good "
+                        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. "
+                        "Lower train.lr or raise train.warmup_frac, then start a fresh --workdir")
+                is_eval = step in evals
+                if step % t.log_every == 0 or is_eval or step == length.steps:
+                    elapsed = time.perf_counter() - t_interval
+                    rec = {"step": step, "tokens": step * length.tokens_per_step}
+                    rec.update({f"flops_{c}": v for c, v in length.flops_at(step).items()})
+                    tps = tokens_interval / max(elapsed, 1e-9)
+                    rec.update(train_loss=loss, lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
+                               tokens_per_s=tps,
+                               mfu=(tps * length.flops_per_token["exact"] / (peak * jax.device_count())
+                                    if peak else None))
+                    if is_eval:
+                        last_val = evaluate(eval_fn, state["params"], val_batches, batch_sh)
+                        rec["val_loss"] = last_val
+                    writer.write(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.3f}", val=f"{last_val:.3f}" if last_val else "-")
+                    t_interval, tokens_interval = time.perf_counter(), 0
+                if bar is not None:
+                    bar.update(1)
+                if step % t.checkpoint_every == 0 or step == length.steps:
+                    meta = {"step": step, "fingerprint": fingerprint, "tokens": step * length.tokens_per_step,
+                            **{f"flops_{c}": v for c, v in length.flops_at(step).items()}}
+                    ckpt.save(step, state, train_iter.get_state(), meta)
+        finally:
+            ckpt.wait()
+            if bar is not None:
+                bar.close()
+
+    summary = {"steps": length.steps, "tokens": length.tokens, "final_val_loss": last_val,
+               "final_train_loss": loss,
+               "n_params": counts["total"], "n_params_nonembed": counts["non_embedding"],
+               "budget_flops": length.budget_flops, "convention": length.convention,
+               **{f"flops_per_token_{c}": v for c, v in length.flops_per_token.items()},
+               **{f"flops_{c}": v for c, v in length.flops_at(length.steps).items()},
+               "unigram_entropy_nats": data.stats.get("unigram_entropy_nats")}
+    if last_val is None:  # resumed at the very end: read the last logged validation loss
+        vals = [r["val_loss"] for r in mx.read_metrics(writer.path) if "val_loss" in r]
+        summary["final_val_loss"] = vals[-1] if vals else None
+    if is_main:
+        mx.write_json_atomic(os.path.join(workdir, "result.json"), summary)
+    ckpt.close()
+    return RunResult(workdir, length.steps, length.tokens, summary["final_val_loss"], summary)

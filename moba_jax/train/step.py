@@ -1,0 +1,74 @@
+"""The pure train and eval steps (one jit boundary each)."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from moba_jax.sharding import constrain
+
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions")
+
+
+def token_losses(spec, params, batch):
+    """Per-token cross-entropy (nats) ``[B, T]`` and the logits' dtype-safe mask."""
+    logits = spec.apply(params, batch["inputs"], batch["positions"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    return losses, batch["loss_mask"].astype(jnp.float32)
+
+
+def _sum_loss(spec, params, batch):
+    losses, mask = token_losses(spec, params, batch)
+    return jnp.sum(losses * mask), jnp.sum(mask)
+
+
+def train_step(state, batch, *, spec, tx, schedule, grad_accum: int):
+    """One optimizer step on a global batch; returns ``(new_state, metrics)``.
+
+    With ``grad_accum = A`` the batch is split into A micro-batches whose summed
+    gradients are normalised by the total number of loss tokens, so the update
+    equals that of the full batch.
+    """
+    params = state["params"]
+
+    def micro(carry, mb):
+        g_acc, l_acc, n_acc = carry
+        (loss_sum, n), g = jax.value_and_grad(
+            lambda p: _sum_loss(spec, p, mb), has_aux=True)(params)
+        return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, n_acc + n), None
+
+    if grad_accum == 1:
+        (loss_sum, n), grads = jax.value_and_grad(
+            lambda p: _sum_loss(spec, p, batch), has_aux=True)(params)
+    else:
+        mbs = jax.tree.map(
+            lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), mbs)
+    n = jnp.maximum(n, 1.0)
+    grads = jax.tree.map(lambda g: g / n, grads)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+    metrics = {"train_loss": loss_sum / n, "grad_norm": grad_norm,
+               "lr": schedule(state["step"]), "loss_tokens": n}
+    return new_state, metrics
+
+
+def eval_step(params, batch, *, spec):
+    """Summed validation loss and token count of one batch."""
+    return _sum_loss(spec, params, batch)
+
+
+def jit_train_step(spec, tx, schedule, grad_accum, state_sharding, batch_sharding):
+    fn = functools.partial(train_step, spec=spec, tx=tx, schedule=schedule, grad_accum=grad_accum)
+    return jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, None), donate_argnums=(0,))
+
+
+def jit_eval_step(spec, param_sharding, batch_sharding):
+    return jax.jit(functools.partial(eval_step, spec=spec),
+                   in_shardings=(param_sharding, batch_sharding))

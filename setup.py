@@ -1,0 +1,46 @@
+"""Packaging for moba_jax (distribution name ``moba-jax``).
+
+Install for development and tests with::
+
+    pip install -e ".[dev]"
+
+The pins below are one set verified together on Python 3.11 / CPU (jax 0.10.2).
+The code also runs on jax 0.11 (the GPU machines' preinstalled stack).
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "grain==0.2.18",
+    "array-record==0.8.6",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+    "matplotlib==3.11.2",
+    "tqdm==4.70.1",
+]
+
+EXTRAS_REQUIRE = {
+    "dev": [
+        "pytest==9.2.0",
+        "pytest-timeout==2.4.0",
+    ],
+}
+
+setup(
+    name="moba-jax",
+    version="0.1.0",
+    description=(
+        "JAX research codebase for efficient attention at scale: MoBA, Kimi Delta "
+        "Attention, Pallas kernels, sharded trainers and scaling-law analysis."
+    ),
+    python_requires=">=3.11",
+    packages=find_packages(include=["moba_jax*", "kernels*", "experiments*", "configs*", "analysis*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,130 @@
+"""Training: mesh equivalence, resume after SIGKILL, restore on other meshes, guards."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, read_jsonl, run_cli, tiny_overrides
+
+
+def train_cli(workdir, *extra, devices=1, check=True):
+    return run_cli("experiments.train", "--config=configs/lm.py:tiny", f"--workdir={workdir}",
+                   *tiny_overrides(), *extra, devices=devices, check=check)
+
+
+def losses(workdir):
+    return [(r["step"], r["train_loss"], r.get("val_loss")) for r in
+            read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def assert_same_losses(a, b, rtol):
+    assert [s for s, *_ in a] == [s for s, *_ in b]
+    for (s, la, va), (_, lb, vb) in zip(a, b):
+        np.testing.assert_allclose(la, lb, rtol=rtol, err_msg=f"train loss at step {s}")
+        assert (va is None) == (vb is None)
+        if va is not None:
+            np.testing.assert_allclose(va, vb, rtol=rtol, err_msg=f"val loss at step {s}")
+
+
+@pytest.fixture(scope="module")
+def four_device_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mesh4")
+    train_cli(d, "--config.mesh.data=2", "--config.mesh.fsdp=2", devices=4)
+    return d
+
+
+def test_4_device_mesh_matches_1_device(four_device_run, tmp_path):
+    one = tmp_path / "mesh1"
+    train_cli(one, devices=1)
+    cfg = json.load(open(four_device_run / "config.json"))
+    assert cfg["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1} and cfg["devices"] == 4
+    assert_same_losses(losses(four_device_run), losses(one), rtol=2e-5)
+
+
+RESTORE_EVAL = """
+import json, sys
+from moba_jax import sharding as shd
+from moba_jax.data import build_datasets
+from moba_jax.train.restore import load_run
+from moba_jax.train.loop import evaluate
+from moba_jax.train.step import jit_eval_step
+from jax.sharding import NamedSharding, PartitionSpec as P
+data, fsdp = int(sys.argv[2]), int(sys.argv[3])
+mesh = shd.make_mesh(data=data, fsdp=fsdp)
+run = load_run(sys.argv[1], mesh=mesh)
+c = run.config
+ds = build_datasets(c.data, seq_len=c.train.seq_len, global_batch=c.train.global_batch, seed=c.train.seed)
+bs = NamedSharding(mesh, P(("data", "fsdp"), None))
+from moba_jax.train.state import param_shardings
+with shd.activation_sharding(mesh):
+    fn = jit_eval_step(run.spec, param_shardings(run.spec, mesh), bs)
+    print(json.dumps({"step": run.step, "val": evaluate(fn, run.params, ds.val_batches(c.eval.batches), bs)}))
+"""
+
+
+@pytest.mark.parametrize("devices,data,fsdp", [(1, 1, 1), (2, 1, 2)])
+def test_restore_on_other_mesh(four_device_run, devices, data, fsdp):
+    proc = subprocess.run(
+        [sys.executable, "-c", RESTORE_EVAL, str(four_device_run), str(data), str(fsdp)],
+        cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "JAX_NUM_CPU_DEVICES": str(devices), "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    final = [r for r in read_jsonl(four_device_run / "metrics.jsonl") if "val_loss" in r][-1]
+    assert out["step"] == final["step"]
+    np.testing.assert_allclose(out["val"], final["val_loss"], rtol=1e-5)
+
+
+def test_sigkill_resume_matches_uninterrupted(tmp_path):
+    extra = ["--config.train.steps=300", "--config.train.checkpoint_every=20",
+             "--config.train.log_every=1", "--config.eval.points=8"]
+    ref = tmp_path / "ref"
+    train_cli(ref, *extra)
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, "-m", "experiments.train", "--config=configs/lm.py:tiny",
+            f"--workdir={killed}", *tiny_overrides(), *extra]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = killed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(r["step"] >= 130 for r in read_jsonl(metrics)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "result.json").exists(), "a killed run must not look finished"
+    last_logged = read_jsonl(metrics)[-1]["step"]
+    assert last_logged < 300
+
+    train_cli(killed, *extra)   # resumes from the latest checkpoint
+    assert (killed / "result.json").exists()
+    assert_same_losses(losses(killed), losses(ref), rtol=1e-6)
+
+
+def test_grad_accumulation_matches_full_batch(tmp_path):
+    a, b = tmp_path / "a1", tmp_path / "a2"
+    train_cli(a, "--config.train.steps=10")
+    train_cli(b, "--config.train.steps=10", "--config.train.grad_accum=2")
+    assert_same_losses(losses(a), losses(b), rtol=2e-5)
+
+
+def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    d = tmp_path / "nan"
+    proc = train_cli(d, "--config.train.lr=1e30", "--config.train.grad_clip=0",
+                     "--config.train.warmup_frac=0.0", "--config.train.checkpoint_every=1",
+                     check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "training diverged at step" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert not (d / "result.json").exists()
+    kept = sorted(int(p) for p in os.listdir(d / "checkpoints") if p.isdigit())
+    assert kept, "the last good checkpoint must be kept"
+    logged = read_jsonl(d / "metrics.jsonl")
+    assert all(np.isfinite(r["train_loss"]) for r in logged if r["step"] <= kept[-1])
