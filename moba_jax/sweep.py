@@ -221,11 +221,10 @@ def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> No
     from analysis import plots, results
     sweep = results.load_sweep(workdir)
     out = os.path.join(workdir, "loss_vs_compute.png")
-    fits = plots.plot_loss_vs_compute(sweep, out, convention=convention)
+    fig = plots.plot_loss_vs_compute(sweep, out, convention=convention)
     echo(f"figure: {out}")
-    if isinstance(fits, dict):
-        for arm, fit in fits.items():
-            echo(f"  {arm}: L = {fit.a:.4g} * C^{fit.b:.4g}  (C in PFLOP/s-days, {convention} FLOPs)")
+    echo(f"fitted laws on the lower envelope (C in PFLOP/s-days, {convention} FLOPs):")
+    echo("  " + fig.summary().replace("\n", "\n  "))
     entropy = rows[0].get("unigram_entropy_nats") if rows else None
     if entropy is not None:
         best = min(rows, key=lambda r: r["final_val_loss"])

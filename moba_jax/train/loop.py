@@ -138,8 +138,10 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         bar = None
         if show and is_main:
             from tqdm.auto import tqdm
+            tty = sys.stderr.isatty()
             bar = tqdm(total=length.steps, initial=start_step, desc=os.path.basename(workdir.rstrip("/")),
-                       unit="step", file=sys.stderr, dynamic_ncols=True, leave=False)
+                       unit="step", file=sys.stderr, dynamic_ncols=True, leave=not tty,
+                       mininterval=0.5 if tty else 30.0)
 
         last_val, loss = None, None
         t_interval, tokens_interval = time.perf_counter(), 0
