@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from moba_jax.model import layer_kinds
 
 PFLOPS_DAY = 1e15 * 86400.0  # 8.64e19 FLOPs
@@ -71,6 +73,50 @@ def _full_flops(cfg, seq_len: int, convention: str) -> float:
 
 
 register_attention_flops("full", qkvo_params, _full_flops)
+
+
+# --- MoBA ---------------------------------------------------------------------
+
+def moba_keys_per_token(seq_len: int, block_size: int, top_k: int) -> tuple[float, float]:
+    """Exact mean over positions of (attended keys, past blocks gated) per query.
+
+    Token ``t`` attends the ``t mod Bs + 1`` causal keys of its current block plus
+    ``Bs`` keys for each of ``min(top_k - 1, c(t))`` selected past blocks, and its
+    gate scores all ``c(t) = t // Bs`` past blocks.
+    """
+    t = np.arange(seq_len)
+    c = t // block_size
+    keys = (t % block_size + 1) + np.minimum(top_k - 1, c) * block_size
+    return float(keys.mean()), float(c.mean())
+
+
+def _moba_flops(cfg, seq_len: int, convention: str) -> float:
+    o = cfg.attention.moba
+    bs, k = int(o.block_size), int(o.top_k)
+    hd, hq, hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    n_blocks = -(-seq_len // bs)
+    if convention == "exact":
+        keys, gated = moba_keys_per_token(seq_len, bs, k)
+        pooling = hd * hkv                    # one add per key element into its block mean
+        return qkvo_flops(cfg) + 4.0 * hd * hq * keys + 2.0 * hd * hq * gated + pooling
+    # "compiled": what our implementation computes. Every path scores each query
+    # against every block's pooled key (then masks the non-past ones).
+    gate = 2.0 * hd * hq * n_blocks + hd * hkv
+    if o.implementation == "reference":
+        return qkvo_flops(cfg) + 4.0 * hd * hq * seq_len + gate
+    # Sparse paths: a static number of work items (padded to whole scan chunks),
+    # each a [rows_per_tile, Bs] score tile and its PV product.
+    from kernels.moba import BlockSizes
+    from kernels.moba.dispatch import Geometry
+    from kernels.moba.xla import _items_per_step
+    geo = Geometry(1, seq_len, hq, hkv, hd, bs, k, BlockSizes().block_rows)
+    per_step = _items_per_step(geo, hkv)
+    items = -(-geo.num_items // per_step) * per_step
+    pairs_per_token = hkv * items * geo.rows_per_tile * bs / seq_len
+    return qkvo_flops(cfg) + 4.0 * hd * pairs_per_token + gate
+
+
+register_attention_flops("moba", qkvo_params, _moba_flops)
 
 
 # --- whole model ----------------------------------------------------------------

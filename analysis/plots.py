@@ -1,0 +1,373 @@
+"""The scaling figures: MoBA-style loss-vs-compute, Kimi-style points and laws, position-wise.
+
+Each function draws one figure, saves it as PNG and PDF next to each other (``path``
+with or without a suffix), and returns a :class:`FigureResult` with the fitted laws so a
+sweep script can print them::
+
+    from analysis import plots, results
+    sweep = results.load_sweep("runs/scaling_v1")
+    res = plots.plot_loss_vs_compute(sweep, "runs/scaling_v1/loss_vs_compute", convention="6nd")
+    print(res.summary())
+
+Figures are drawn with matplotlib's object API on an Agg canvas, so importing this
+module never changes the pyplot backend of a notebook. Compute is in PFLOP/s-days; the
+x label says which FLOP convention (scaling.md) is on the axis.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import matplotlib
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from analysis import fits as fitting
+from analysis.results import AnalysisError, AnalysisWarning, Sweep
+
+_DISPLAY = {"full": "Full Attention", "moba": "MoBA", "mla": "MLA", "kda": "Kimi Linear",
+            "kimi": "Kimi Linear", "kimi_linear": "Kimi Linear"}
+_CMAPS = ("Blues", "Reds", "Greens", "Purples", "Oranges", "Greys")
+_CONVENTION_LABEL = {"exact": "exact FLOPs", "6nd": "6ND"}
+
+
+def display_name(arm: str) -> str:
+    """Paper name of an arm (``"moba"`` -> ``"MoBA"``); unknown names are returned as given."""
+    return _DISPLAY.get(arm.lower(), arm)
+
+
+_PREFERRED_CMAP = {"full": "Blues", "mla": "Blues", "moba": "Reds", "kda": "Reds", "kimi": "Reds",
+                   "kimi_linear": "Reds"}
+
+
+def _arm_cmaps(arms: Sequence[str]) -> dict:
+    """Colour family per arm: baselines blue, MoBA/KDA red in every figure, others after."""
+    chosen, used = {}, set()
+    for arm in arms:
+        name = _PREFERRED_CMAP.get(arm.lower())
+        if name in used:
+            name = None
+        if name is None:
+            name = next((c for c in _CMAPS if c not in used), _CMAPS[len(used) % len(_CMAPS)])
+        used.add(name)
+        chosen[arm] = matplotlib.colormaps[name]
+    return chosen
+
+
+def _law_tex(fit, digits_a: int = 4, digits_b: int = 3, times: bool = False) -> str:
+    """``2.625 C^-0.063`` (or ``2.3092 x C^-0.0536``) as mathtext."""
+    sep = "\\times " if times else "\\,"
+    return f"${fit.a:.{digits_a}g}{sep}C^{{{fit.b:.{digits_b}g}}}$"
+
+
+def _xlabel(convention: str | None) -> str:
+    if convention is None:
+        return "PFLOP/s-days"
+    return f"PFLOP/s-days ({_CONVENTION_LABEL.get(convention, convention)})"
+
+
+def _log_axes(ax) -> None:
+    """Log-log axes with plain-number labels; call after plotting (it reads the limits).
+
+    The loss axis (rarely a full decade) gets evenly stepped ticks; the compute axis gets
+    1-2-5 ticks when it spans under two decades, decades otherwise.
+    """
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=8, steps=[1, 2, 2.5, 5, 10]))
+    ax.yaxis.set_minor_locator(ticker.NullLocator())
+    ax.yaxis.set_major_formatter(plain)
+    lo, hi = ax.get_xlim()
+    subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) < 2 else (1.0,)
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", axis="x", alpha=0.1)
+
+
+def _save(fig: Figure, path) -> tuple[Path, ...]:
+    path = Path(path)
+    stem = path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    out = (stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf"))
+    fig.savefig(out[0], dpi=150, bbox_inches="tight")
+    fig.savefig(out[1], bbox_inches="tight")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FigureResult:
+    """What a figure showed: saved files (PNG, PDF), laws, envelopes, multiplier.
+
+    ``fits`` maps arm -> law (for :func:`plot_position_wise`: bucket -> arm -> law).
+    """
+
+    paths: tuple[Path, ...]
+    fits: Mapping
+    envelopes: Mapping[str, fitting.Envelope] | None = None
+    multiplier: fitting.Multiplier | None = None
+    multiplier_arms: tuple[str, str] | None = None
+
+    def summary(self) -> str:
+        """Plain-text lines: one per law (with intervals when bootstrapped) and multiplier."""
+        lines = []
+
+        def law_line(name, f):
+            s = f"{name}: L = {f.label()}"
+            if f.b_ci is not None:
+                s += f"  (a {f.a_ci[0]:.4g}..{f.a_ci[1]:.4g}, b {f.b_ci[0]:.3g}..{f.b_ci[1]:.3g}, {f.ci:.0%})"
+            return s
+
+        for key, val in self.fits.items():
+            if isinstance(val, Mapping):
+                lines += [law_line(f"[{key}] {display_name(arm)}", f) for arm, f in val.items()]
+            else:
+                lines.append(law_line(display_name(key), val))
+        if self.multiplier is not None:
+            a, b = self.multiplier_arms
+            parts = []
+            for C, (r, lo, hi) in self.multiplier.at.items():
+                parts.append(f"{r:.3f}x at {C:.3g}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""))
+            lines.append(f"{display_name(b)} over {display_name(a)} (equal-loss compute ratio, at {display_name(a)}'s "
+                         f"PFLOP/s-days): " + "; ".join(parts))
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------- loss vs compute
+
+
+def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Sequence[str] | None = None,
+                         fit_range: tuple[float | None, float | None] | None = None, bootstrap: int = 0,
+                         extend: float = 2.0, title: str | None = None) -> FigureResult:
+    """MoBA Figure-3-style chart: validation loss vs compute, log-log.
+
+    Each run's validation curve is a solid line (one colour family per arm, lighter for
+    smaller models). Per arm, the lower envelope of its runs (``fits.lower_envelope``,
+    running-minimum frontier) is fitted by ``L = a C^b`` and drawn dashed, extended to
+    ``extend`` times the largest compute, labelled "<Arm> Projection: a C^b"; the
+    envelope points used are drawn as small dots.
+
+    Args:
+        convention: ``"exact"`` or ``"6nd"``; named on the x axis.
+        arms: which arms, in legend order (default: all, in sweep order).
+        fit_range: ``(C_min, C_max)`` of envelope points entering the fit, PFLOP/s-days.
+            Default per arm: from the smallest run's final compute to the end. Below it
+            the envelope is the smallest model's early training, which no power law
+            describes.
+        bootstrap: resamples over runs for the laws' intervals (0: none).
+
+    An arm whose envelope has fewer than 3 points gets no projection (a warning says
+    why) and is absent from ``FigureResult.fits``; its runs are still drawn.
+    """
+    arms = list(arms) if arms is not None else sweep.arms
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    laws, envelopes = {}, {}
+    x_max = max(r.final_compute(convention) for arm in arms for r in sweep.by_arm(arm))
+    handles = []
+    cmaps = _arm_cmaps(arms)
+    for i, arm in enumerate(arms):
+        runs = sweep.by_arm(arm)
+        cmap = cmaps[arm]
+        for j, run in enumerate(runs):
+            shade = 0.35 + 0.55 * (j / max(len(runs) - 1, 1))
+            C = run.compute(convention)
+            ax.plot(C, run.val_loss, "-", color=cmap(shade), lw=1.2, alpha=0.9)
+        lo, hi = fit_range if fit_range is not None else (min(r.final_compute(convention) for r in runs), None)
+        curves = {r.run: (r.compute(convention), r.val_loss) for r in runs}
+        dark = cmap(0.95)
+        try:
+            try:
+                env, law = fitting.fit_envelope(curves, lo, hi, bootstrap=bootstrap, seed=i)
+            except AnalysisError:
+                if fit_range is not None:
+                    raise
+                warnings.warn(f"{arm}: too few envelope points past the smallest run's end; fitting the whole "
+                              "envelope", AnalysisWarning, stacklevel=2)
+                env, law = fitting.fit_envelope(curves, bootstrap=bootstrap, seed=i)
+        except AnalysisError as e:
+            # Still draw the runs: a sweep's summary figure should not fail on one arm.
+            warnings.warn(f"{arm}: no projection drawn ({e})", AnalysisWarning, stacklevel=2)
+        else:
+            laws[arm], envelopes[arm] = law, env
+            ax.plot(env.C, env.L, ".", color=dark, ms=3, alpha=0.6)
+            Cp = np.geomspace(env.C.min(), x_max * extend, 100)
+            (h,) = ax.plot(Cp, law(Cp), "--", color=dark, lw=1.6,
+                           label=f"{display_name(arm)} Projection: {_law_tex(law)}")
+            handles.append(h)
+        (hr,) = ax.plot([], [], "-", color=cmap(0.65), lw=1.2,
+                        label=f"{display_name(arm)} runs ({len(runs)} sizes, light = small)")
+        handles.append(hr)
+    _log_axes(ax)
+    ax.set_xlabel(_xlabel(convention))
+    ax.set_ylabel("Validation LM loss")
+    if title:
+        ax.set_title(title)
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    paths = _save(fig, path)
+    return FigureResult(paths, laws, envelopes)
+
+
+# ------------------------------------------------------------------------ Kimi style
+
+
+def _points_and_laws(source, convention: str, bootstrap: int):
+    """-> ({arm: (C, L, runs) or None}, {arm: law})"""
+    points, laws = {}, {}
+    if isinstance(source, Sweep):
+        for arm in source.arms:
+            C, L, runs = source.final_points(arm, convention)
+            points[arm] = (C, L, runs)
+            # One seed per arm: the arms' runs are independent, so are their resamples.
+            laws[arm] = fitting.fit_power_law(C, L, runs=runs, bootstrap=bootstrap, seed=len(laws))
+        return points, laws
+    if not isinstance(source, Mapping) or not source:
+        raise AnalysisError("pass a Sweep, {arm: PowerLawFit} or {arm: (C, L)} to plot_kimi_style")
+    for arm, val in source.items():
+        if hasattr(val, "compute_at"):
+            laws[arm], points[arm] = val, None
+        else:
+            C, L = val
+            points[arm] = (np.asarray(C, float), np.asarray(L, float), None)
+            laws[arm] = fitting.fit_power_law(C, L, bootstrap=bootstrap, seed=len(laws))
+    return points, laws
+
+
+def plot_kimi_style(source, path, baseline: str | None = None, improved: str | None = None,
+                    convention: str | None = "exact", budgets: Sequence[float] | None = None,
+                    C_range: tuple[float, float] | None = None, bootstrap: int = 200,
+                    title: str | None = None) -> FigureResult:
+    """Kimi-Linear-style chart: final loss per run vs compute, a law per arm, the multiplier.
+
+    Args:
+        source: a :class:`Sweep` (each run's final loss at its final compute; laws fitted
+            with a bootstrap over runs), ``{arm: (C, L)}`` points, or ``{arm: PowerLawFit}``
+            laws only (e.g. ``PowerLawFit.from_params(2.3092, -0.0536)``).
+        baseline, improved: arms of the multiplier ``C_baseline(L) / C_improved(L)``
+            (default: the first and second arm). Drawn as a horizontal arrow at the middle
+            budget and listed at every budget in a text box.
+        convention: named on the x axis (``None`` for plain "PFLOP/s-days").
+        budgets: baseline computes at which to report the multiplier (default: ends and
+            geometric middle of the plotted range).
+        C_range: plotted compute range (default: the data's, or 1-20 for laws only).
+    """
+    points, laws = _points_and_laws(source, convention or "exact", bootstrap)
+    arms = list(laws)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.add_subplot()
+    data_C = [p[0] for p in points.values() if p is not None]
+    if C_range is None:
+        C_range = (min(c.min() for c in data_C), max(c.max() for c in data_C)) if data_C else (1.0, 20.0)
+    Cp = np.geomspace(C_range[0] / 1.2, C_range[1] * 1.2, 200)
+    markers = "osD^v<>"
+    cmaps = _arm_cmaps(arms)
+    for i, arm in enumerate(arms):
+        colour = cmaps[arm](0.75)
+        law = laws[arm]
+        ax.plot(Cp, law(Cp), "-", color=colour, lw=1.8,
+                label=f"{display_name(arm)}: {_law_tex(law, 5, 3, times=True)}")
+        if points[arm] is not None:
+            C, L, _ = points[arm]
+            ax.plot(C, L, markers[i % len(markers)], color=colour, ms=7, mec="white", mew=0.8, zorder=3)
+
+    mult = None
+    pair = None
+    if len(arms) >= 2:
+        a_arm = baseline or arms[0]
+        b_arm = improved or next(a for a in arms if a != a_arm)
+        for name in (a_arm, b_arm):
+            if name not in laws:
+                raise AnalysisError(f"arm {name!r} not in the figure's arms {arms}")
+        pair = (a_arm, b_arm)
+        if budgets is None:
+            budgets = (C_range[0], math.sqrt(C_range[0] * C_range[1]), C_range[1])
+        mult = fitting.efficiency_multiplier(laws[a_arm], laws[b_arm], np.geomspace(*C_range, 64), budgets=budgets)
+        mid = sorted(budgets)[len(budgets) // 2]
+        L_mid = float(laws[a_arm](mid))
+        C_b = float(laws[b_arm].compute_at(L_mid))
+        ax.annotate("", xy=(C_b, L_mid), xytext=(mid, L_mid),
+                    arrowprops=dict(arrowstyle="->", color="black", lw=1.2))
+        ax.plot([mid], [L_mid], "|", color="black", ms=10)
+        ax.annotate(f"{mid / C_b:.2f}× at {mid:.3g}", xy=(math.sqrt(C_b * mid), L_mid), xytext=(0, 14),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
+        lines = [f"{display_name(b_arm)} vs {display_name(a_arm)}: equal-loss compute ratio"]
+        for C, (r, lo, hi) in mult.at.items():
+            lines.append(f"  {r:.2f}× at {C:.3g} PFLOP/s-days" + (f"  [{lo:.2f}, {hi:.2f}]" if lo is not None else ""))
+        ax.text(0.03, 0.03, "\n".join(lines), transform=ax.transAxes, fontsize=8, va="bottom", ha="left",
+                bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
+    _log_axes(ax)
+    ax.set_xlabel(_xlabel(convention))
+    ax.set_ylabel("Validation LM loss")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=9, loc="upper right")
+    paths = _save(fig, path)
+    return FigureResult(paths, laws, None, mult, pair)
+
+
+# ---------------------------------------------------------------------- position-wise
+
+
+def _bucket_ylabel(label: str) -> str:
+    return "trailing LM loss" if "trailing" in label.lower() else f"LM loss {label}"
+
+
+def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, convention: str | None = None,
+                       ncols: int | None = None, bootstrap: int = 0) -> FigureResult:
+    """MoBA Table-3-style grid: one panel per position bucket, per-arm points and laws.
+
+    Args:
+        bucket_data: ``{bucket_label: {arm: (C, L)}}`` in panel order, C in PFLOP/s-days,
+            e.g. ``{"0k-2k": {...}, "2k-4k": {...}, ..., "trailing": {...}}``. A label
+            containing "trailing" gets the y label "trailing LM loss", others
+            "LM loss <label>".
+        convention: named on the x axes (``None``: plain "PFLOP/s-days").
+        ncols: panels per row (default up to 4).
+
+    Returns:
+        :class:`FigureResult` with ``fits[bucket][arm]``.
+    """
+    if not bucket_data:
+        raise AnalysisError("bucket_data is empty; pass {bucket_label: {arm: (C, L)}}")
+    labels = list(bucket_data)
+    n = len(labels)
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.4 * ncols, 2.9 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    arm_order = list(dict.fromkeys(a for b in bucket_data.values() for a in b))
+    cmaps = _arm_cmaps(arm_order)
+    all_fits = {}
+    for k, label in enumerate(labels):
+        ax = axes[k // ncols][k % ncols]
+        all_fits[label] = {}
+        for arm, (C, L) in bucket_data[label].items():
+            i = arm_order.index(arm)
+            colour = cmaps[arm](0.75)
+            C, L = np.asarray(C, float), np.asarray(L, float)
+            try:
+                law = fitting.fit_power_law(C, L, bootstrap=bootstrap)
+            except AnalysisError as e:
+                raise AnalysisError(f"bucket {label!r}, arm {arm!r}: {e}") from None
+            all_fits[label][arm] = law
+            Cp = np.geomspace(C.min() / 1.15, C.max() * 1.15, 50)
+            ax.plot(C, L, "os^D"[i % 4], color=colour, ms=4)
+            ax.plot(Cp, law(Cp), "--", color=colour, lw=1.2, label=f"{display_name(arm)}: {_law_tex(law, 4, 2)}")
+        _log_axes(ax)
+        ax.set_ylabel(_bucket_ylabel(label))
+        ax.set_xlabel(_xlabel(convention), fontsize=8)
+        ax.legend(fontsize=7, loc="upper right")
+    for k in range(n, nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    fig.tight_layout()
+    paths = _save(fig, path)
+    return FigureResult(paths, all_fits)

@@ -1,0 +1,237 @@
+"""Scaling-law fits recover known laws; bad inputs raise AnalysisError with a clear message.
+
+Run: ``pytest tests/test_fits.py`` (~20 s on one CPU core; two full 4,500-start
+Chinchilla fits dominate).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from scipy import optimize
+
+from analysis import fits
+from analysis.fits import AnalysisError, PowerLawFit
+
+MLA = (2.3092, -0.0536)    # Kimi Linear paper, C in PFLOP/s-days
+KIMI = (2.2879, -0.0527)
+BESIROGLU = dict(E=1.82, A=482.0, B=2085.0, alpha=0.348, beta=0.366)
+
+
+def test_pflops_days():
+    assert fits.pflops_days(8.64e19) == pytest.approx(1.0)
+    np.testing.assert_allclose(fits.pflops_days([0.0, 4.32e20]), [0.0, 5.0])
+
+
+# ------------------------------------------------------------------------ power laws
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_power_law_recovers_kimi_laws_and_multiplier(seed):
+    # 0.5% loss noise is ~10% compute noise per point (sigma(log L) / |b|), so pinning the
+    # multiplier to +/-0.02 takes thousands of points per arm (sigma ~0.004 here; with 40
+    # points per arm it would be ~0.03).
+    rng = np.random.default_rng(seed)
+    n = 2000
+    C = np.geomspace(1.0, 20.0, n)
+    laws = []
+    for a, b in (MLA, KIMI):
+        L = a * C ** b * np.exp(0.005 * rng.standard_normal(n))
+        fit = fits.fit_power_law(C, L)
+        assert fit.a == pytest.approx(a, rel=0.01)
+        assert fit.b == pytest.approx(b, rel=0.01)
+        assert fit.rmse == pytest.approx(0.005, rel=0.1)
+        laws.append(fit)
+    m = fits.efficiency_multiplier(*laws, budgets=(4.0, 5.0))
+    assert m.at[5.0][0] == pytest.approx(1.16, abs=0.02)
+    assert m.at[4.0][0] == pytest.approx(1.16, abs=0.02)
+    assert not m.extrapolated.any()
+
+
+def test_multiplier_reproduces_published_kimi_numbers():
+    mla, kimi = PowerLawFit.from_params(*MLA), PowerLawFit.from_params(*KIMI)
+    m = fits.efficiency_multiplier(mla, kimi, np.geomspace(1, 20, 64), budgets=(1.0, 1.8, 4.0, 5.0, 10.0, 15.0))
+    got = {c: round(v[0], 2) for c, v in m.at.items()}
+    # scaling.md: 1.18 at 1.8, 1.16 near 4-5, 1.14 at 15; kda.md: 1.19 at 1, 1.15 at 10.
+    assert got == {1.0: 1.19, 1.8: 1.18, 4.0: 1.16, 5.0: 1.16, 10.0: 1.15, 15.0: 1.14}
+    assert np.all(np.diff(m.ratio) < 0)  # falls with C: the exponents differ
+    np.testing.assert_allclose(mla(m.C), kimi(m.C_B), rtol=1e-12)  # equal loss by construction
+    assert m(5.0) == pytest.approx(m.at[5.0][0], abs=1e-3)
+
+
+def test_power_law_bootstrap_over_runs_and_multiplier_interval():
+    rng = np.random.default_rng(0)
+    fitted = []
+    for k, (a, b) in enumerate((MLA, KIMI)):
+        C = np.concatenate([np.geomspace(lo, lo * 3, 10) for lo in (1.0, 2.0, 4.0, 7.0)])
+        runs = np.repeat([f"r{i}" for i in range(4)], 10)
+        L = a * C ** b * np.exp(0.003 * rng.standard_normal(len(C)))
+        fitted.append(fits.fit_power_law(C, L, runs=runs, bootstrap=200, seed=k))
+    for f in fitted:
+        assert f.samples.shape[1] == 2 and len(f.samples) >= 100
+        assert f.b_ci[0] < f.b < f.b_ci[1] and f.a_ci[0] < f.a < f.a_ci[1]
+    m = fits.efficiency_multiplier(*fitted, budgets=(2.0, 5.0))
+    r, lo, hi = m.at[5.0]
+    assert lo < r < hi and m.lo.shape == m.C.shape
+    assert np.all(m.lo <= m.ratio + 1e-12) and np.all(m.ratio <= m.hi + 1e-12)
+
+
+def test_power_law_bootstrap_falls_back_to_points_with_two_runs():
+    C = np.array([1.0, 2.0, 3.0, 4.0])
+    with pytest.warns(fits.AnalysisWarning, match="bootstrapping points instead of runs"):
+        fits.fit_power_law(C, 3 * C ** -0.1, runs=["a", "a", "b", "b"], bootstrap=10)
+
+
+def test_offset_power_law_recovers_parameters():
+    C = np.geomspace(0.01, 100, 30)
+    fit = fits.fit_power_law_offset(C, 1.7 + 1.2 * C ** -0.35)
+    assert (fit.E, fit.A, fit.alpha) == pytest.approx((1.7, 1.2, 0.35), rel=1e-4)
+    assert fit.compute_at(fit(3.0)) == pytest.approx(3.0)
+    assert np.isnan(fit.compute_at(1.6))  # below E: never reached
+
+
+# -------------------------------------------------------------------------- envelope
+
+
+def test_lower_envelope_hand_example():
+    curves = {"small": ([1.0, 2.0, 4.0], [5.0, 4.0, 3.5]),
+              "large": ([2.0, 4.0, 8.0], [4.5, 3.2, 2.8]),
+              "late": ([8.0, 16.0], [3.0, 2.9])}  # starts above what 'large' already reached
+    env = fits.lower_envelope(curves)
+    np.testing.assert_array_equal(env.C, [1.0, 2.0, 4.0, 8.0])
+    np.testing.assert_array_equal(env.L, [5.0, 4.0, 3.2, 2.8])
+    assert list(env.run) == ["small", "small", "large", "large"]
+
+    grid = fits.lower_envelope(curves, method="grid", n_grid=5)  # 1, 2, 4, 8, 16
+    np.testing.assert_allclose(grid.C, [1.0, 2.0, 4.0, 8.0, 16.0])
+    np.testing.assert_allclose(grid.L, [5.0, 4.0, 3.2, 2.8, 2.9])  # 16: only 'late' reaches it
+    assert list(grid.run) == ["small", "small", "large", "large", "late"]
+
+    env2, law = fits.fit_envelope([(np.geomspace(1, 10, 5), 3 * np.geomspace(1, 10, 5) ** -0.1)])
+    assert law.b == pytest.approx(-0.1) and law.a == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------------ Chinchilla fits
+
+
+def _chinchilla_grid():
+    """8 isoFLOP budgets from 1e18 to 1e22 FLOPs x 8 sizes around the optimum (6ND)."""
+    N, D, C = [], [], []
+    for c in np.geomspace(1e18, 1e22, 8):
+        for f in np.geomspace(1 / 8, 8, 8):
+            n = 0.6 * (c / 6) ** 0.5 * f
+            N.append(n), D.append(c / (6 * n)), C.append(c)
+    return np.array(N), np.array(D), np.array(C)
+
+
+def _surface(N, D, p=BESIROGLU):
+    return p["E"] + p["A"] / N ** p["alpha"] + p["B"] / D ** p["beta"]
+
+
+def test_chinchilla_gradient_is_exact():
+    N, D, _ = _chinchilla_grid()
+    rng = np.random.default_rng(0)
+    logL = np.log(_surface(N, D)) + 0.01 * rng.standard_normal(len(N))  # both Huber branches
+    args = (np.log(N), np.log(D), logL, 1e-3)
+    for theta in ([0.5, 6.0, 7.5, 0.35, 0.37], [0.0, 5.0, 10.0, 0.5, 0.5]):
+        err = optimize.check_grad(lambda t: fits._chinchilla_loss_and_grad(t, *args)[0],
+                                  lambda t: fits._chinchilla_loss_and_grad(t, *args)[1], np.array(theta))
+        scale = np.linalg.norm(fits._chinchilla_loss_and_grad(np.array(theta), *args)[1])
+        assert err < 1e-5 * max(scale, 1.0)
+
+
+def test_chinchilla_recovers_besiroglu_parameters():
+    N, D, _ = _chinchilla_grid()
+    fit = fits.fit_chinchilla(N, D, _surface(N, D))
+    assert len(fits.CHINCHILLA_GRID) == 4500
+    for k, v in BESIROGLU.items():
+        assert getattr(fit, k) == pytest.approx(v, rel=0.02), k
+    assert np.abs(fit.residuals).max() < 1e-6
+    n_opt, d_opt = fit.optimal_allocation(1e21)
+    assert 6 * n_opt * d_opt == pytest.approx(1e21)
+
+
+def test_chinchilla_excludes_outliers_and_bootstraps():
+    N, D, _ = _chinchilla_grid()
+    rng = np.random.default_rng(0)
+    L = _surface(N, D) * np.exp(0.0005 * rng.standard_normal(len(N)))
+    L[[5, 40]] *= 1.08  # two diverged runs
+    fit = fits.fit_chinchilla(N, D, L, exclude_outliers=5.0, bootstrap=8)
+    assert np.flatnonzero(fit.excluded).tolist() == [5, 40]
+    for k in ("E", "alpha", "beta"):
+        assert getattr(fit, k) == pytest.approx(BESIROGLU[k], rel=0.02), k
+    assert fit.samples.shape == (8, 5)
+    assert all(lo <= getattr(fit, k) * 1.0001 and getattr(fit, k) <= hi * 1.0001 for k, (lo, hi) in fit.cis.items())
+
+
+# -------------------------------------------------------------------------- IsoFLOP
+
+
+def test_isoflop_recovers_known_exponent():
+    # Loss exactly parabolic in ln N around N_opt = 0.1 C^0.6; D = C / (6N).
+    N, D, C, L = [], [], [], []
+    for c in np.geomspace(1e18, 1e21, 5):
+        n_opt = 0.1 * c ** 0.6
+        for f in np.geomspace(0.2, 5, 7):
+            n = n_opt * f
+            N.append(n), D.append(c / (6 * n)), C.append(c)
+            L.append(2.0 + 10 * c ** -0.05 + 0.03 * np.log(f) ** 2)
+    iso = fits.fit_isoflop(N, D, L, C)
+    assert iso.a == pytest.approx(0.6, abs=1e-6)
+    assert iso.b == pytest.approx(0.4, abs=1e-6)
+    np.testing.assert_allclose(iso.N_opt, 0.1 * iso.budgets ** 0.6, rtol=1e-6)
+
+
+def test_isoflop_on_chinchilla_surface_matches_theory():
+    N, D, C = _chinchilla_grid()
+    iso = fits.fit_isoflop(N, D, _surface(N, D), C)
+    p = BESIROGLU
+    assert iso.a == pytest.approx(p["beta"] / (p["alpha"] + p["beta"]), abs=0.01)
+    assert iso.a + iso.b == pytest.approx(1.0, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: fits.fit_power_law([1.0, 2.0], [3.0, 2.9]), "at least 3 are needed"),
+    (lambda: fits.fit_power_law([1.0, 2.0, np.nan], [3.0, 2.9, 2.8]), "non-finite"),
+    (lambda: fits.fit_power_law([1.0, 2.0, 3.0], [3.0, -2.9, 2.8]), "non-positive"),
+    (lambda: fits.fit_power_law([2.0, 2.0, 2.0], [3.0, 2.9, 2.8]), "2 distinct computes"),
+    (lambda: fits.fit_power_law([1.0, 2.0, 3.0, 4.0], [3.0, 2.9, 2.8]), "differ in length"),
+    (lambda: fits.fit_power_law_offset([1.0, 2.0, 3.0], [3.0, 2.9, 2.8]), "at least 4"),
+    (lambda: fits.fit_chinchilla([1e8] * 3, [1e9] * 3, [3.0] * 3), "at least 6"),
+    (lambda: fits.fit_chinchilla([1e8] * 6, [1e9] * 6, [3.0] * 5 + [np.inf]), "non-finite"),
+    (lambda: fits.lower_envelope({}), "no curves"),
+    (lambda: fits.lower_envelope({"r": ([1.0], [3.0])}, method="hull"), "unknown envelope method"),
+    (lambda: fits.fit_envelope({"r": ([1.0, 2.0], [3.0, 2.9])}), "envelope has 2 point"),
+    (lambda: fits.fit_isoflop([1, 2, 3], [3, 2, 1], [3.0, 2.9, 3.0], [1e20] * 3), "at least 3 usable budgets"),
+    (lambda: PowerLawFit.from_params(np.nan, -0.1), "finite a > 0"),
+])
+def test_errors_are_analysis_errors_with_message(call, message):
+    with pytest.raises(AnalysisError, match=message):
+        call()
+
+
+def test_multiplier_without_loss_overlap_raises():
+    C = np.geomspace(1, 10, 10)
+    high = fits.fit_power_law(C, 3.0 * C ** -0.05)
+    low = fits.fit_power_law(C, 2.0 * C ** -0.05)
+    with pytest.raises(AnalysisError, match="share no loss level"):
+        fits.efficiency_multiplier(high, low)
+
+
+def test_multiplier_unreachable_loss_raises():
+    base = PowerLawFit.from_params(2.0, -0.05)
+    floor = fits.OffsetPowerLawFit(E=2.5, A=1.0, alpha=0.3)  # never gets below 2.5
+    with pytest.raises(AnalysisError, match="never reaches"):
+        fits.efficiency_multiplier(base, floor, np.geomspace(1, 10, 5))
+
+
+def test_fits_never_return_nan():
+    C = np.geomspace(1, 10, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        f = fits.fit_power_law(C, 3 * C ** -0.1, bootstrap=50)
+    assert np.all(np.isfinite([f.a, f.b, *f.a_ci, *f.b_ci]))
