@@ -38,6 +38,9 @@ def train_config() -> ml_collections.ConfigDict:
         budget_convention="exact",
         tokens=0,
         steps=200,
+        # MoBA hybrid recipe: from this fraction of the run on, every MoBA layer
+        # runs as full attention (0 = never; the paper's recipe is 0.9).
+        switch_to_full_at=0.0,
         seed=0,
         log_every=10,
         checkpoint_every=100,

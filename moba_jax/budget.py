@@ -17,23 +17,78 @@ class RunConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RunLength:
+    """Steps, tokens and FLOPs of a run.
+
+    A run has one or two *phases*: with ``train.switch_to_full_at = f`` (MoBA's
+    hybrid recipe) every MoBA layer becomes full attention from step
+    ``switch_step = round(f * steps)`` on, and FLOPs per token change there.
+    """
     steps: int
     tokens_per_step: int
     tokens: int
-    flops_per_token: dict[str, float]    # training FLOPs per token, by convention
+    flops_per_token: dict[str, float]    # training FLOPs per token (first phase), by convention
     budget_flops: float | None
     convention: str
+    switch_step: int | None = None       # first step of the second phase
+    flops_per_token_after: dict[str, float] | None = None
 
     def flops_at(self, step: int) -> dict[str, float]:
-        tokens = step * self.tokens_per_step
-        return {c: tokens * f for c, f in self.flops_per_token.items()}
+        """Cumulative training FLOPs after ``step`` steps, by convention."""
+        if self.switch_step is None or step <= self.switch_step:
+            return {c: step * self.tokens_per_step * f for c, f in self.flops_per_token.items()}
+        before = self.switch_step * self.tokens_per_step
+        after = (step - self.switch_step) * self.tokens_per_step
+        return {c: before * f + after * self.flops_per_token_after[c]
+                for c, f in self.flops_per_token.items()}
+
+    def mean_flops_per_token(self) -> dict[str, float]:
+        total = self.flops_at(self.steps)
+        return {c: v / max(self.tokens, 1) for c, v in total.items()}
 
 
 def flops_per_token_all(model_cfg, seq_len: int) -> dict[str, float]:
     return {c: flops.train_flops_per_token(model_cfg, seq_len, c) for c in flops.CONVENTIONS}
 
 
+def switched_model_config(model_cfg):
+    """The model config of the second phase: every ``moba`` layer becomes ``full``."""
+    cfg = model_cfg.copy_and_resolve_references()
+    cfg.attention_pattern = ",".join(
+        "full" if p.strip() == "moba" else p.strip() for p in str(cfg.attention_pattern).split(","))
+    return cfg
+
+
 def run_length(model_cfg, train_cfg) -> RunLength:
+    frac = float(train_cfg.get("switch_to_full_at", 0.0) or 0.0)
+    if not 0.0 <= frac < 1.0:
+        raise RunConfigError(f"train.switch_to_full_at={frac} must be in [0, 1) (0 = never; "
+                             "0.9 = MoBA for the first 90% of tokens, full attention after)")
+    if frac > 0 and "moba" not in str(model_cfg.attention_pattern):
+        raise RunConfigError("train.switch_to_full_at is set but the model has no 'moba' layers "
+                             f"(attention_pattern={model_cfg.attention_pattern!r})")
+    base = _single_phase_length(model_cfg, train_cfg)
+    if frac == 0.0:
+        return base
+    after = flops_per_token_all(switched_model_config(model_cfg), int(train_cfg.seq_len))
+    conv, tps = base.convention, base.tokens_per_step
+
+    def make(steps):
+        return dataclasses.replace(base, steps=steps, tokens=steps * tps,
+                                   switch_step=int(round(frac * steps)),
+                                   flops_per_token_after=after)
+    if base.budget_flops is None:
+        return make(base.steps)
+    mean = frac * base.flops_per_token[conv] + (1 - frac) * after[conv]
+    steps = int(base.budget_flops // (mean * tps)) + 1
+    while steps > 0 and make(steps).flops_at(steps)[conv] > base.budget_flops:
+        steps -= 1
+    if steps < 1:
+        raise RunConfigError(f"train.budget_flops={base.budget_flops:.3g} is smaller than one step; "
+                             "raise the budget")
+    return make(steps)
+
+
+def _single_phase_length(model_cfg, train_cfg) -> RunLength:
     seq_len, batch = int(train_cfg.seq_len), int(train_cfg.global_batch)
     if seq_len <= 0:
         raise RunConfigError(f"train.seq_len={seq_len} must be positive")

@@ -24,7 +24,7 @@ import ml_collections
 from flax import nnx
 
 from moba_jax import layers
-from moba_jax.attention import get_attention
+from moba_jax.attention import default_options, get_attention
 from moba_jax.sharding import constrain
 
 
@@ -47,7 +47,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         dtype="float32",
         rope_theta=10000.0,
         norm_eps=1e-6,
-        attention=dict(full=dict(implementation="xla", rope=True)),
+        attention=default_options(),
     ))
 
 

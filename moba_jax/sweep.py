@@ -138,13 +138,15 @@ def sweep_fingerprint(cfg) -> str:
 
 
 def format_plan(plans: list[RunPlan], convention: str) -> str:
-    head = (f"{'run':<28}{'N non-emb':>12}{'tokens':>14}{'steps':>8}{'FLOPs/token':>13}"
-            f"{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
-    lines = [head, "-" * len(head)]
+    """The dry-run table: one row per run (training FLOPs per token in both conventions)."""
+    w = max([len(p.name) for p in plans] + [4]) + 2
+    head = (f"{'run':<{w}}{'N non-emb':>15}{'tokens':>18}{'steps':>9}{'6ND/token':>12}"
+            f"{'exact/token':>13}{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
+    lines = [f"budgets in {convention} FLOPs", head, "-" * len(head)]
     for p in plans:
-        lines.append(f"{p.name:<28}{p.n_params_nonembed:>12,}{p.tokens:>14,}{p.steps:>8}"
-                     f"{p.flops_per_token[convention]:>13.3g}{p.budget_flops:>14.3g}"
-                     f"{flops_lib.to_pflops_days(p.budget_flops):>14.3g}")
+        lines.append(f"{p.name:<{w}}{p.n_params_nonembed:>15,}{p.tokens:>18,}{p.steps:>9}"
+                     f"{p.flops_per_token['6nd']:>12.3g}{p.flops_per_token['exact']:>13.3g}"
+                     f"{p.budget_flops:>14.3g}{flops_lib.to_pflops_days(p.budget_flops):>14.3g}")
     total = sum(p.budget_flops for p in plans)
     lines.append(f"total: {len(plans)} runs, {total:.3g} {convention} FLOPs = "
                  f"{flops_lib.to_pflops_days(total):.3g} PFLOP/s-days")

@@ -85,6 +85,10 @@ class QKVOAttention(nnx.Module):
 class FullAttention(QKVOAttention):
     """Causal softmax attention over every earlier position."""
 
+    @staticmethod
+    def default_options() -> dict:
+        return dict(implementation="xla", rope=True)
+
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
         self.implementation = cfg.attention.full.implementation

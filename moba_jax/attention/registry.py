@@ -7,7 +7,8 @@ attention kind is one module plus one ``@register_attention("name")`` line.
 Every registered class is constructed as ``cls(cfg, layer_idx, *, rngs)`` where
 ``cfg`` is the model ``ConfigDict``, and called as
 ``layer(x_BTD, positions_BT) -> y_BTD``. Its kind-specific options live in
-``cfg.attention.<name>`` (for example ``cfg.attention.moba.top_k``).
+``cfg.attention.<name>`` (for example ``cfg.attention.moba.top_k``); the class's
+``default_options()`` supplies them in the default model config.
 """
 from __future__ import annotations
 
@@ -40,3 +41,9 @@ def get_attention(name: str) -> type:
 
 def known_kinds() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def default_options() -> dict[str, dict]:
+    """``{kind: options}`` of every registered kind (each class's ``default_options()``)."""
+    return {k: dict(cls.default_options()) if hasattr(cls, "default_options") else {}
+            for k, cls in sorted(_REGISTRY.items())}

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moba_jax import sharding as shd
-from moba_jax.budget import RunConfigError, eval_steps, run_length
+from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
 from moba_jax.model import param_counts, validate_model_config
 from moba_jax.train import checkpointing, metrics as mx, optim, state as st, step as stp
@@ -124,14 +124,27 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                         "steps": length.steps, "tokens": length.tokens,
                         "tokens_per_step": length.tokens_per_step,
                         "train_flops_per_token": length.flops_per_token,
+                        "switch_step": length.switch_step,
+                        "train_flops_per_token_after_switch": length.flops_per_token_after,
                         "budget_flops": length.budget_flops, "budget_convention": length.convention,
                         "params": counts, "mesh": dict(mesh.shape),
                         "devices": jax.device_count(), "processes": jax.process_count(),
                         "data": data.stats}
             mx.write_json_atomic(os.path.join(workdir, "config.json"), resolved)
 
-        train_fn = stp.jit_train_step(spec, tx, schedule, t.grad_accum, state_sh, batch_sh)
-        eval_fn = stp.jit_eval_step(spec, state_sh["params"], batch_sh)
+        train_fns = [stp.jit_train_step(spec, tx, schedule, t.grad_accum, state_sh, batch_sh)]
+        eval_fns = [stp.jit_eval_step(spec, state_sh["params"], batch_sh)]
+        fpt = [length.flops_per_token]
+        if length.switch_step is not None:
+            # Hybrid recipe: same parameters, MoBA layers run as full attention.
+            spec2 = st.model_spec(switched_model_config(config.model), t.seed)
+            if jax.tree.structure(spec2.param_shapes) != jax.tree.structure(spec.param_shapes):
+                raise RunConfigError("train.switch_to_full_at: the switched model's parameters "
+                                     "differ from the MoBA model's; only 'moba' layers can switch")
+            train_fns.append(stp.jit_train_step(spec2, tx, schedule, t.grad_accum, state_sh, batch_sh))
+            eval_fns.append(stp.jit_eval_step(spec2, state_sh["params"], batch_sh))
+            fpt.append(length.flops_per_token_after)
+        phase = lambda steps_done: int(length.switch_step is not None and steps_done > length.switch_step)
         evals = set(eval_steps(length.steps, config.eval.points))
         peak = mx.peak_flops_per_device(t.get("peak_flops_per_device", 0.0))
         show = t.get("progress", True) if progress is None else progress
@@ -149,7 +162,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         try:
             while step < length.steps:
                 batch = _global_batch(next(train_iter), batch_sh)
-                state, m = train_fn(state, batch)
+                state, m = train_fns[phase(step + 1)](state, batch)
                 step += 1
                 tokens_interval += length.tokens_per_step
                 loss = float(m["train_loss"])
@@ -166,10 +179,10 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                     tps = tokens_interval / max(elapsed, 1e-9)
                     rec.update(train_loss=loss, lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
                                tokens_per_s=tps,
-                               mfu=(tps * length.flops_per_token["exact"] / (peak * jax.device_count())
+                               mfu=(tps * fpt[phase(step)]["exact"] / (peak * jax.device_count())
                                     if peak else None))
                     if is_eval:
-                        last_val = evaluate(eval_fn, state["params"], val_batches, batch_sh)
+                        last_val = evaluate(eval_fns[phase(step)], state["params"], val_batches, batch_sh)
                         rec["val_loss"] = last_val
                     writer.write(rec)
                     if bar is not None:
@@ -190,7 +203,8 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                "final_train_loss": loss,
                "n_params": counts["total"], "n_params_nonembed": counts["non_embedding"],
                "budget_flops": length.budget_flops, "convention": length.convention,
-               **{f"flops_per_token_{c}": v for c, v in length.flops_per_token.items()},
+               "switch_step": length.switch_step,
+               **{f"flops_per_token_{c}": v for c, v in length.mean_flops_per_token().items()},
                **{f"flops_{c}": v for c, v in length.flops_at(length.steps).items()},
                "unigram_entropy_nats": data.stats.get("unigram_entropy_nats")}
     if last_val is None:  # resumed at the very end: read the last logged validation loss

@@ -1,0 +1,116 @@
+"""MoBA inside the model: causality, equivalences, hybrids, FLOPs, paper config."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from analysis import flops
+from configs import moba_paper
+from kernels.moba.reference import selected_block_mask
+from moba_jax.budget import RunConfigError, run_length
+from moba_jax.model import TransformerLM, default_model_config, layer_kinds
+from moba_jax.sweep import plan_sweep
+
+
+def moba_cfg(block_size=4, top_k=2, impl="xla", **kw):
+    cfg = default_model_config()
+    cfg.update(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
+               attention_pattern="moba")
+    cfg.attention.moba.update(block_size=block_size, top_k=top_k, implementation=impl)
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+def test_moba_model_is_causal(impl):
+    cfg = moba_cfg(impl=impl)
+    model = TransformerLM(cfg, rngs=nnx.Rngs(0))
+    T = 14
+    x = jax.random.normal(jax.random.key(1), (1, T, cfg.d_model))
+    for t in (0, 6, T - 1):
+        g = jax.grad(lambda x: model.forward_embeddings(x)[0, t].sum())(x)
+        per_pos = np.abs(np.asarray(g[0])).sum(-1)
+        assert np.all(per_pos[t + 1:] == 0.0), (t, per_pos)
+        assert per_pos[t] > 0.0
+
+
+def test_moba_equals_full_attention_when_all_blocks_fit():
+    """T <= top_k * block_size: MoBA selects every past block, i.e. full attention."""
+    cfg = moba_cfg(block_size=8, top_k=2)
+    tokens = jax.random.randint(jax.random.key(0), (2, 16), 0, 259)
+    moba_logits = TransformerLM(cfg, rngs=nnx.Rngs(3))(tokens)
+    cfg.attention_pattern = "full"
+    full_logits = TransformerLM(cfg, rngs=nnx.Rngs(3))(tokens)
+    np.testing.assert_allclose(moba_logits, full_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_moba_differs_from_full_when_sparse():
+    cfg = moba_cfg(block_size=4, top_k=2)
+    tokens = jax.random.randint(jax.random.key(0), (1, 32), 0, 259)
+    a = TransformerLM(cfg, rngs=nnx.Rngs(3))(tokens)
+    cfg.attention_pattern = "full"
+    b = TransformerLM(cfg, rngs=nnx.Rngs(3))(tokens)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+
+
+def test_layerwise_hybrid_kinds():
+    cfg = moba_cfg(n_layers=4, full_attention_last_n=3)
+    assert layer_kinds(cfg) == ["moba", "full", "full", "full"]
+
+
+@pytest.mark.parametrize("T,bs,k", [(64, 8, 3), (100, 16, 2), (37, 8, 1), (20, 32, 3)])
+def test_exact_moba_pairs_match_selection_mask(T, bs, k):
+    """The exact FLOP count's keys per query equal the pairs of the reference mask."""
+    q = jax.random.normal(jax.random.key(0), (1, T, 2, 8))
+    kk = jax.random.normal(jax.random.key(1), (1, T, 1, 8))
+    blocks = np.asarray(selected_block_mask(q, kk, block_size=bs, top_k=k))[0]   # [T, H, N]
+    allowed = blocks[:, :, np.arange(T) // bs]                                  # [T, H, S]
+    allowed &= np.tril(np.ones((T, T), bool))[:, None, :]
+    pairs = allowed.sum() / blocks.shape[1]                                     # per head
+    keys, _ = flops.moba_keys_per_token(T, bs, k)
+    assert keys * T == pytest.approx(pairs)
+
+
+def test_moba_6nd_equals_full_and_exact_is_cheaper():
+    cfg = moba_cfg(block_size=32, top_k=3)
+    full = moba_cfg(attention_pattern="full")
+    T = 512
+    assert flops.train_flops_per_token(cfg, T, "6nd") == flops.train_flops_per_token(full, T, "6nd")
+    assert flops.train_flops_per_token(cfg, T, "exact") < flops.train_flops_per_token(full, T, "exact")
+    # T <= top_k * Bs: MoBA needs the causal pairs plus its gating and pooling.
+    small = moba_cfg(block_size=32, top_k=3)
+    a = flops.forward_flops_per_token(small, 64, "exact")["attention"]
+    b = flops.forward_flops_per_token(full, 64, "exact")["attention"]
+    assert a > b and a - b < 0.05 * b
+
+
+def test_switch_to_full_budget_and_phases():
+    cfg = moba_cfg(block_size=16, top_k=2)
+    from configs.lm import train_config
+    t = train_config()
+    t.update(seq_len=128, global_batch=4, steps=0, budget_flops=5e10, switch_to_full_at=0.9)
+    length = run_length(cfg, t)
+    assert length.switch_step == round(0.9 * length.steps)
+    per_step = lambda f: f["exact"] * length.tokens_per_step
+    assert length.flops_at(length.steps)["exact"] <= 5e10
+    assert length.flops_at(length.steps)["exact"] + per_step(length.flops_per_token_after) > 5e10
+    # Phase 2 (full attention) costs more per token than phase 1 (MoBA).
+    assert length.flops_per_token_after["exact"] > length.flops_per_token["exact"]
+    t.switch_to_full_at = 1.5
+    with pytest.raises(RunConfigError, match="switch_to_full_at"):
+        run_length(cfg, t)
+
+
+def test_moba_paper_dry_run_matches_table1():
+    plans = plan_sweep(moba_paper.get_config())
+    targets = {name: n for name, n, *_ in moba_paper.TABLE1}
+    assert {p.arm for p in plans} == {"full", "moba"}
+    for p in plans:
+        assert abs(p.n_params_nonembed / targets[p.size] - 1) < 0.02, (p.size, p.n_params_nonembed)
+        assert p.config.train.seq_len == 8192
+        if p.arm == "moba":
+            assert p.config.model.attention.moba.block_size == 512
+            assert p.config.model.attention.moba.top_k == 3
+    pfd = sorted({round(flops.to_pflops_days(p.budget_flops), 2) for p in plans})
+    assert pfd[0] == pytest.approx(0.41, abs=0.01) and pfd[-1] == pytest.approx(5.38, abs=0.02)
