@@ -18,9 +18,10 @@ def user_errors() -> tuple[type, ...]:
     from moba_jax.model import ModelConfigError
     from moba_jax.sharding import MeshConfigError
     from moba_jax.train.checkpointing import CheckpointError
+    from moba_jax.evaluation import EvalConfigError
     from moba_jax.sweep import SweepConfigError
     return (UnknownAttentionError, RunConfigError, DataConfigError, ModelConfigError,
-            MeshConfigError, CheckpointError, SweepConfigError)
+            MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError)
 
 
 def setup_logging() -> None:

@@ -70,6 +70,49 @@ class QKVOAttention(nnx.Module):
     def attend(self, q, k, v):
         raise NotImplementedError
 
+    # --- incremental decoding -------------------------------------------------
+    # The cache holds this layer's keys and values for every position so far:
+    # ``{"k", "v"}: [B, max_len, Hkv, D]`` in the compute dtype.
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        shape = (batch, max_len, self.wk.out_shape[0], self.wk.out_shape[1])
+        zeros = jnp.zeros(shape, self.wk.dtype)
+        return {"k": zeros, "v": zeros}
+
+    def cached_mask(self, q_BSHD, k_BLKD, q_pos_S, kv_len):
+        """``[B, S, H, L]`` bool: which cached keys each new query may see."""
+        key_pos = jnp.arange(k_BLKD.shape[1])
+        causal = key_pos[None, :] <= q_pos_S[:, None]                     # [S, L]
+        return jnp.broadcast_to(causal[None, :, None, :],
+                                (q_BSHD.shape[0], q_BSHD.shape[1], q_BSHD.shape[2], k_BLKD.shape[1]))
+
+    def step(self, x_BSD, positions_BS, cache: dict, start):
+        """Processes S new tokens at positions ``start .. start+S-1`` against the cache.
+
+        Returns ``(y_BSD, new_cache)``; S = prompt length for prefill, 1 to decode.
+        """
+        q = self.wq(x_BSD)
+        k = self.wk(x_BSD)
+        v = self.wv(x_BSD)
+        if self.use_rope:
+            q = layers.rotary(q, positions_BS, self.rope_theta)
+            k = layers.rotary(k, positions_BS, self.rope_theta)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), start, 1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), start, 1)
+        s_len = x_BSD.shape[1]
+        q_pos = start + jnp.arange(s_len)
+        mask = self.cached_mask(q, k_cache, q_pos, start + s_len)
+        b, _, hq, d = q.shape
+        hkv = k_cache.shape[2]
+        qg = q.astype(jnp.float32).reshape(b, s_len, hkv, hq // hkv, d)
+        scores = jnp.einsum("bskgd,blkd->bskgl", qg, k_cache.astype(jnp.float32),
+                            precision=jax.lax.Precision.HIGHEST) * d ** -0.5
+        scores = jnp.where(mask.reshape(b, s_len, hkv, hq // hkv, -1), scores, -jnp.inf)
+        p = jax.nn.softmax(scores, axis=-1)
+        o = jnp.einsum("bskgl,blkd->bskgd", p, v_cache.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST).reshape(b, s_len, hq, d)
+        return self.wo(o.astype(q.dtype)), {"k": k_cache, "v": v_cache}
+
     def __call__(self, x_BTD, positions_BT):
         q = constrain(self.wq(x_BTD), ("batch", "seq", "q_heads", "head_dim"))
         k = constrain(self.wk(x_BTD), ("batch", "seq", "kv_heads", "head_dim"))

@@ -16,6 +16,8 @@ switched to full attention for the last part of the run
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from kernels.moba import IMPLEMENTATIONS, moba_attention
@@ -48,3 +50,32 @@ class MoBAAttention(QKVOAttention):
     def attend(self, q, k, v):
         return moba_attention(q, k, v, block_size=self.block_size, top_k=self.top_k,
                               implementation=self.implementation)
+
+    def cached_mask(self, q_BSHD, k_BLKD, q_pos_S, kv_len):
+        """Exact MoBA selection for new queries against cached keys.
+
+        A query at position t gates the pooled keys of its complete past blocks
+        (``i < t // Bs``; these are fully written in the cache), keeps the best
+        ``top_k - 1`` (ties toward the lower block) plus its current block,
+        causally. This reproduces the training-time forward pass exactly, so
+        decoding logits equal those of a full forward pass.
+        """
+        b, s_len, hq, d = q_BSHD.shape
+        max_len, hkv = k_BLKD.shape[1], k_BLKD.shape[2]
+        bs = self.block_size
+        n = -(-max_len // bs)
+        k = jnp.pad(k_BLKD.astype(jnp.float32), ((0, 0), (0, n * bs - max_len), (0, 0), (0, 0)))
+        kbar = k.reshape(b, n, bs, hkv, d).mean(axis=2)                         # [B, N, K, D]
+        qg = q_BSHD.astype(jnp.float32).reshape(b, s_len, hkv, hq // hkv, d)
+        gate = jnp.einsum("bskgd,bnkd->bskgn", qg, kbar,
+                          precision=jax.lax.Precision.HIGHEST).reshape(b, s_len, hq, n)
+        blk = jnp.arange(n)
+        current = (q_pos_S // bs)[:, None]                                       # [S, 1]
+        past = (blk[None, :] < current)[None, :, None, :]                        # [1, S, 1, N]
+        g_i, g_j = gate[..., :, None], gate[..., None, :]
+        beats = (g_j > g_i) | ((g_j == g_i) & (blk[None, :] < blk[:, None]))
+        rank = (beats & past[..., None, :]).sum(-1)
+        chosen = (past & (rank < self.top_k - 1)) | (blk[None, :] == current)[None, :, None, :]
+        key_pos = jnp.arange(max_len)
+        allowed = jnp.take(chosen, key_pos // bs, axis=-1)                      # [B, S, H, L]
+        return allowed & (key_pos[None, :] <= q_pos_S[:, None])[None, :, None, :]

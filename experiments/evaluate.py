@@ -1,0 +1,53 @@
+"""Evaluate saved checkpoints: position-bucketed and trailing validation losses.
+
+    python -m experiments.evaluate --workdir=runs/scaling/full_s4_2.5e12
+    python -m experiments.evaluate --workdir=runs/scaling            # every finished run
+    python -m experiments.evaluate --workdir=RUN --step=100 --config.seq_len=1024 \\
+        --config.bucket_size=128 --config.trailing=128
+
+Restores onto the current devices whatever mesh the run was trained on, and
+writes ``RUN/eval/step_XXXXXXXX.{json,png}``. Runs already evaluated with the
+same settings are skipped.
+"""
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A run directory or a sweep directory.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_bool("overwrite", False, "Re-evaluate even if results exist.")
+flags.mark_flag_as_required("workdir")
+
+
+def _config():
+    from moba_jax.evaluation import default_eval_config
+    return default_eval_config()
+
+
+config_flags.DEFINE_config_dict("config", _config(), "Evaluation settings (see "
+                                "moba_jax/evaluation.py::default_eval_config).")
+
+
+def main(argv):
+    del argv
+    common.setup_logging()
+    from moba_jax.evaluation import evaluate_run, find_runs
+    with common.clean_exit():
+        runs = find_runs(FLAGS.workdir)
+        for i, run_dir in enumerate(runs):
+            res = evaluate_run(run_dir, FLAGS.step, FLAGS.config, progress=True,
+                               overwrite=FLAGS.overwrite)
+            buckets = " ".join(f"{b['label']}:{b['loss']:.3f}" for b in res["buckets"]
+                               if b["loss"] is not None)
+            trail = res["trailing"]["loss"]
+            print(f"[{i + 1}/{len(runs)}] {os.path.basename(run_dir)} step {res['step']}: "
+                  f"overall {res['overall']['loss']:.4f} | {buckets} | trailing "
+                  f"{'n/a' if trail is None else f'{trail:.4f}'} ({res['trailing']['sequences']} seqs)")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,254 @@
+"""Checkpoint evaluation: position-bucketed and trailing validation losses.
+
+Evaluation sequences are *documents* of the held-out split, each starting at
+its own beginning (BOS at position 0), truncated to the evaluation length ``L``
+and padded after their end. The loss at position ``p`` is therefore the loss
+of predicting the ``p+1``-th token of a document given everything before it in
+that document, as in the MoBA paper's position-wise evaluation.
+
+- **bucket** ``[start, end)``: mean loss over the tokens at those positions, of
+  every sequence that reaches them (a document shorter than ``start`` adds
+  nothing). Every token lies in exactly one bucket, so the token-weighted mean
+  of the buckets is the overall loss.
+- **trailing**: mean loss over the last ``trailing`` positions of the
+  sequences that reach the full length ``L`` (MoBA's "trailing LM loss").
+
+``L`` may exceed the training length (long-context extrapolation): rotary,
+NoPE, MoBA and KDA layers all take any length.
+
+Results go to ``RUN_DIR/eval/step_XXXXXXXX.json`` plus a loss-vs-position plot.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from moba_jax import sharding as shd
+from moba_jax.data import BOS_ID, PAD_ID, build_datasets
+from moba_jax.train import metrics as mx
+from moba_jax.train.checkpointing import CheckpointError
+from moba_jax.train.restore import load_run, read_run_config
+from moba_jax.train.step import token_losses
+
+log = logging.getLogger("moba_jax")
+
+
+class EvalConfigError(ValueError):
+    """An evaluation request that cannot be served (message names the field and the fix)."""
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        seq_len=0,        # evaluation length L; 0 = the run's training seq_len
+        bucket_size=0,    # bucket width; 0 = L // 8 (the papers use 2048 at 8K-32K)
+        trailing=0,       # trailing window; 0 = bucket_size
+        max_docs=0,       # 0 = every held-out document
+        batch_size=8,
+        # Retrieval probes (moba_jax/probes.py); "" skips a probe.
+        needle_lengths="",           # e.g. "256,512,1024"
+        needle_depths="0,0.25,0.5,0.75,1",
+        mqar_lengths="",             # e.g. "256,512"
+        mqar_pairs="4,16",
+        probe_trials=8,
+    ))
+
+
+def _ints(field: str, value: str) -> list[int]:
+    try:
+        return [int(float(x)) for x in str(value).split(",") if x.strip()]
+    except ValueError:
+        raise EvalConfigError(f"eval.{field}={value!r}: give comma-separated numbers") from None
+
+
+def document_sequences(val_rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out documents as rows ``[N, L + 1]`` starting at their BOS, and their lengths.
+
+    ``val_rows`` are the packed validation rows of :class:`moba_jax.data.LMDatasets`;
+    documents are recovered from the stream by its BOS markers.
+    """
+    stream = val_rows.reshape(-1)
+    stream = stream[stream != PAD_ID]
+    starts = np.flatnonzero(stream == BOS_ID)
+    ends = np.append(starts[1:], len(stream))
+    rows = np.full((len(starts), seq_len + 1), PAD_ID, dtype=np.int32)
+    lengths = np.zeros(len(starts), dtype=np.int64)
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        doc = stream[s:min(e, s + seq_len + 1)]
+        rows[i, :len(doc)] = doc
+        lengths[i] = len(doc) - 1          # predicted tokens
+    return rows, lengths
+
+
+def position_losses(loss_fn, params, rows: np.ndarray, batch_size: int, mesh,
+                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Summed loss and token count at every position, over all ``rows``."""
+    from moba_jax.data.packing import batch_from_rows
+    seq_len = rows.shape[1] - 1
+    total, count = np.zeros(seq_len), np.zeros(seq_len)
+    sharding = NamedSharding(mesh, P(("data", "fsdp"), None))
+    n_batches = -(-len(rows) // batch_size)
+    it = range(n_batches)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="eval", unit="batch", leave=False)
+    for b in it:
+        chunk = rows[b * batch_size:(b + 1) * batch_size]
+        if len(chunk) < batch_size:
+            chunk = np.concatenate([chunk, np.full((batch_size - len(chunk), seq_len + 1),
+                                                   PAD_ID, chunk.dtype)])
+        batch = {k: jax.device_put(v, sharding) for k, v in batch_from_rows(chunk).items()}
+        s, n = loss_fn(params, batch)
+        total += np.asarray(s, np.float64)
+        count += np.asarray(n, np.float64)
+    return total, count
+
+
+def bucketize(total: np.ndarray, count: np.ndarray, lengths: np.ndarray, bucket_size: int,
+              trailing: int, trailing_loss: tuple[float, float]) -> dict:
+    seq_len = len(total)
+    buckets = []
+    for start in range(0, seq_len, bucket_size):
+        end = min(start + bucket_size, seq_len)
+        n = float(count[start:end].sum())
+        buckets.append({"label": f"{_k(start)}-{_k(end)}", "start": start, "end": end,
+                        "loss": float(total[start:end].sum() / n) if n else None,
+                        "tokens": int(n), "sequences": int((lengths > start).sum())})
+    t_sum, t_n = trailing_loss
+    return {"overall": {"loss": float(total.sum() / max(count.sum(), 1)), "tokens": int(count.sum())},
+            "buckets": buckets,
+            "trailing": {"label": "trailing", "last": trailing,
+                         "loss": float(t_sum / t_n) if t_n else None, "tokens": int(t_n),
+                         "sequences": int((lengths >= seq_len).sum())}}
+
+
+def _k(n: int) -> str:
+    """Position labels in the papers' style: 2048 -> '2k', 300 -> '300'."""
+    return f"{n // 1024}k" if n % 1024 == 0 and n else str(n)
+
+
+def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=None,
+                 progress: bool = False, overwrite: bool = False) -> dict:
+    """Evaluates one run's checkpoint; writes and returns the result dict."""
+    e = default_eval_config() if eval_cfg is None else eval_cfg
+    config, resolved = read_run_config(run_dir)
+    seq_len = int(e.seq_len) or int(config.train.seq_len)
+    if seq_len <= 0:
+        raise EvalConfigError(f"eval.seq_len={e.seq_len} must be positive")
+    bucket = int(e.bucket_size) or max(1, seq_len // 8)
+    trailing = int(e.trailing) or bucket
+    if bucket <= 0 or bucket > seq_len:
+        raise EvalConfigError(f"eval.bucket_size={bucket} must be in [1, eval.seq_len={seq_len}]")
+    if trailing <= 0 or trailing > seq_len:
+        raise EvalConfigError(f"eval.trailing={trailing} must be in [1, eval.seq_len={seq_len}]")
+    mesh = mesh or shd.make_mesh(data=-1)
+    if int(e.batch_size) % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise EvalConfigError(f"eval.batch_size={e.batch_size} must be divisible by the mesh's "
+                              f"data*fsdp={mesh.shape['data'] * mesh.shape['fsdp']}")
+    run = load_run(run_dir, step=step, mesh=mesh)
+    out_path = os.path.join(run_dir, "eval", f"step_{run.step:08d}.json")
+    if os.path.exists(out_path) and not overwrite:
+        with open(out_path) as f:
+            old = json.load(f)
+        if old.get("seq_len") == seq_len and old.get("bucket_size") == bucket and \
+                old.get("trailing_size", old["trailing"]["last"]) == trailing:
+            return old
+
+    data = build_datasets(config.data, seq_len=int(config.train.seq_len),
+                          global_batch=int(config.train.global_batch), seed=int(config.train.seed))
+    rows, lengths = document_sequences(data.val_rows, seq_len)
+    if int(e.max_docs):
+        rows, lengths = rows[:int(e.max_docs)], lengths[:int(e.max_docs)]
+    if not len(rows):
+        raise EvalConfigError("the held-out split has no documents; raise data.val_fraction")
+
+    spec = run.spec
+    def loss_fn(params, batch):
+        losses, mask = token_losses(spec, params, batch)
+        return jnp.sum(losses * mask, axis=0), jnp.sum(mask, axis=0)
+    with shd.activation_sharding(mesh):
+        fn = jax.jit(loss_fn)
+        total, count = position_losses(fn, run.params, rows, int(e.batch_size), mesh, progress)
+        full = rows[lengths >= seq_len]
+        t_tot, t_cnt = (position_losses(fn, run.params, full, int(e.batch_size), mesh)
+                        if len(full) else (np.zeros(seq_len), np.zeros(seq_len)))
+    trailing_loss = (float(t_tot[-trailing:].sum()), float(t_cnt[-trailing:].sum()))
+    retrieval = run_probes(spec, run.params, data.val_rows, e, mesh)
+    result = {"run": os.path.basename(os.path.normpath(run_dir)), "step": run.step,
+              "seq_len": seq_len, "train_seq_len": int(config.train.seq_len),
+              "bucket_size": bucket, "trailing_size": trailing, "documents": int(len(rows)),
+              "tokens": int(run.meta.get("tokens", 0)),
+              **{k: run.meta[k] for k in run.meta if k.startswith("flops_")},
+              **bucketize(total, count, lengths, bucket, trailing, trailing_loss),
+              "position_loss": [float(x) if c else None for x, c in
+                                zip(total / np.maximum(count, 1), count)],
+              "retrieval": retrieval}
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        mx.write_json_atomic(out_path, result)
+        plot_position_loss(result, out_path[:-5] + ".png")
+    return result
+
+
+def run_probes(spec, params, val_rows, e, mesh) -> dict:
+    """Needle and MQAR grids for the configured lengths (empty dict if none)."""
+    from moba_jax import probes
+    filler = val_rows.reshape(-1)
+    filler = filler[filler < 256].astype(np.int32)
+    out = {}
+    with shd.activation_sharding(mesh):
+        fn = jax.jit(lambda t: spec.apply(params, t))
+        try:
+            if str(e.needle_lengths).strip():
+                depths = [float(x) for x in str(e.needle_depths).split(",") if x.strip()]
+                out["needle"] = probes.needle_probe(fn, filler, _ints("needle_lengths", e.needle_lengths),
+                                                    depths, int(e.probe_trials))
+            if str(e.mqar_lengths).strip():
+                out["mqar"] = probes.mqar_probe(fn, filler, _ints("mqar_lengths", e.mqar_lengths),
+                                                _ints("mqar_pairs", e.mqar_pairs), int(e.probe_trials))
+        except ValueError as err:
+            raise EvalConfigError(f"eval probes: {err}") from None
+    return out
+
+
+def plot_position_loss(result: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    pos = np.arange(len(result["position_loss"]))
+    vals = np.array([np.nan if v is None else v for v in result["position_loss"]])
+    ax.plot(pos, vals, lw=0.6, alpha=0.5, label="per position")
+    for b in result["buckets"]:
+        if b["loss"] is not None:
+            ax.hlines(b["loss"], b["start"], b["end"], colors="C3", lw=2)
+    ax.plot([], [], color="C3", lw=2, label=f"bucket means ({result['bucket_size']} wide)")
+    if result["seq_len"] > result["train_seq_len"]:
+        ax.axvline(result["train_seq_len"], color="k", ls=":", lw=1, label="training length")
+    ax.set_xlabel("position in document")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(f"{result['run']} @ step {result['step']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def find_runs(workdir: str) -> list[str]:
+    """``[workdir]`` for a run directory, or every finished run inside a sweep directory."""
+    if os.path.exists(os.path.join(workdir, "config.json")):
+        return [workdir]
+    if not os.path.isdir(workdir):
+        raise CheckpointError(f"--workdir={workdir} does not exist")
+    runs = sorted(os.path.join(workdir, d) for d in os.listdir(workdir)
+                  if os.path.exists(os.path.join(workdir, d, "result.json")))
+    if not runs:
+        raise CheckpointError(f"{workdir} is neither a run directory (config.json) nor a sweep "
+                              "with finished runs (*/result.json)")
+    return runs

@@ -1,0 +1,132 @@
+"""Checkpoint evaluation: buckets, cross-mesh restore, decoding parity, probes, errors."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moba_jax import probes
+from moba_jax.data import build_datasets, default_data_config
+from moba_jax.decoding import incremental_logits
+from moba_jax.model import default_model_config
+from moba_jax.train.state import init_params, model_spec
+from tests.helpers import run_cli, tiny_overrides
+
+EVAL_ARGS = ["--config.seq_len=96", "--config.bucket_size=32", "--config.trailing=16",
+             "--config.max_docs=24", "--config.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def run_4dev(tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval_run")
+    run_cli("experiments.train", "--config=configs/lm.py:tiny", f"--workdir={d}",
+            *tiny_overrides(), "--config.mesh.data=2", "--config.mesh.fsdp=2",
+            devices=4, check=True)
+    return d
+
+
+def evaluate(workdir, *extra, devices=1, check=True):
+    return run_cli("experiments.evaluate", f"--workdir={workdir}", *EVAL_ARGS, *extra,
+                   devices=devices, check=check)
+
+
+def result(workdir):
+    files = sorted(os.listdir(os.path.join(workdir, "eval")))
+    return json.load(open(os.path.join(workdir, "eval", [f for f in files if f.endswith(".json")][-1])))
+
+
+def test_buckets_average_back_to_overall_and_restore_on_other_meshes(run_4dev, tmp_path):
+    evaluate(run_4dev, "--overwrite", devices=1)
+    r1 = result(run_4dev)
+    assert os.path.exists(os.path.join(run_4dev, "eval", f"step_{r1['step']:08d}.png"))
+    buckets = [b for b in r1["buckets"] if b["tokens"]]
+    weighted = sum(b["loss"] * b["tokens"] for b in buckets) / sum(b["tokens"] for b in buckets)
+    assert weighted == pytest.approx(r1["overall"]["loss"], rel=1e-9)
+    assert sum(b["tokens"] for b in buckets) == r1["overall"]["tokens"]
+    assert [b["label"] for b in r1["buckets"]] == ["0-32", "32-64", "64-96"]
+    assert r1["seq_len"] == 96 > r1["train_seq_len"]          # extrapolation beyond training
+    assert r1["trailing"]["sequences"] > 0 and r1["trailing"]["loss"] is not None
+    # Same checkpoint (trained on a 2x2 mesh) evaluated on 2 devices with another mesh.
+    evaluate(run_4dev, "--overwrite", devices=2)
+    r2 = result(run_4dev)
+    for key in ("overall", "trailing"):
+        assert r2[key]["loss"] == pytest.approx(r1[key]["loss"], rel=1e-6)
+    for b1, b2 in zip(r1["buckets"], r2["buckets"]):
+        assert b2["loss"] == pytest.approx(b1["loss"], rel=1e-6)
+
+
+def test_evaluation_is_skipped_when_done(run_4dev):
+    evaluate(run_4dev)
+    before = os.path.getmtime(os.path.join(run_4dev, "eval", f"step_{result(run_4dev)['step']:08d}.json"))
+    proc = evaluate(run_4dev)
+    after = os.path.getmtime(os.path.join(run_4dev, "eval", f"step_{result(run_4dev)['step']:08d}.json"))
+    assert before == after and "overall" in proc.stdout
+
+
+@pytest.mark.parametrize("pattern,opts", [("full", {}), ("moba", dict(block_size=4, top_k=2)),
+                                          ("moba", dict(block_size=8, top_k=1))])
+@pytest.mark.parametrize("prefill", [1, 11])
+def test_decoding_parity(pattern, opts, prefill):
+    """Logits of cached incremental decoding equal those of a full forward pass."""
+    cfg = default_model_config()
+    cfg.update(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
+               attention_pattern=pattern)
+    cfg.attention.moba.update(opts)
+    spec = model_spec(cfg)
+    params = init_params(cfg, 0)
+    tokens = jax.random.randint(jax.random.key(0), (2, 29), 0, 259)
+    full = spec.apply(params, tokens)
+    inc = incremental_logits(spec, params, tokens, prefill=prefill)
+    np.testing.assert_allclose(inc, full, rtol=1e-5, atol=1e-5)
+
+
+def test_probes_separate_a_copying_model_from_a_random_one():
+    c = default_data_config()
+    c.max_docs = 200
+    ds = build_datasets(c, seq_len=128, global_batch=4, seed=0)
+    filler = ds.val_rows.reshape(-1)
+    filler = filler[filler < 256].astype(np.int32)
+    oracle = probes.induction_oracle(259)
+    n = probes.needle_probe(oracle, filler, [96, 192], [0.0, 0.5, 1.0], trials=4)
+    m = probes.mqar_probe(oracle, filler, [96, 192], [2, 8], trials=4)
+    assert np.all(np.array(n["accuracy"]) == 1.0) and np.all(np.array(m["accuracy"]) == 1.0)
+
+    cfg = default_model_config()
+    spec, params = model_spec(cfg), init_params(cfg, 0)
+    fn = jax.jit(lambda t: spec.apply(params, t))
+    n = probes.needle_probe(fn, filler, [96, 192], [0.0, 0.5, 1.0], trials=16)
+    m = probes.mqar_probe(fn, filler, [96, 192], [2, 8], trials=16)
+    assert np.mean(n["accuracy"]) < 0.05                        # all 5 digits: chance 1e-5
+    assert abs(np.mean(n["digit_accuracy"]) - 0.1) < 0.06        # per digit: chance 0.1
+    assert abs(np.mean(m["accuracy"]) - 0.1) < 0.06
+
+
+def test_probes_in_evaluation_results(run_4dev):
+    evaluate(run_4dev, "--overwrite", "--config.needle_lengths=96", "--config.mqar_lengths=96",
+             "--config.mqar_pairs=4", "--config.probe_trials=2")
+    r = result(run_4dev)
+    assert len(r["retrieval"]["needle"]["accuracy"]) == 1
+    assert len(r["retrieval"]["mqar"]["accuracy"][0]) == 1
+
+
+def _assert_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    for n in needles:
+        assert n in last, last
+
+
+def test_evaluate_bad_inputs(run_4dev, tmp_path):
+    _assert_error(evaluate(tmp_path, check=False), "neither a run directory")
+    _assert_error(evaluate(run_4dev, "--step=12345", check=False), "step 12345 does not exist",
+                  "available steps")
+    _assert_error(evaluate(run_4dev, "--config.seq_len=-5", check=False), "eval.seq_len=-5")
+    _assert_error(evaluate(run_4dev, "--overwrite", "--config.needle_lengths=20", check=False),
+                  "too short for the needle")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(
+        json.dumps(json.load(open(run_4dev / "config.json"))))
+    _assert_error(evaluate(tmp_path / "run", check=False), "has no checkpoints")
