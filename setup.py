@@ -29,6 +29,10 @@ EXTRAS_REQUIRE = {
     "dev": [
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
+        # Executing notebooks/analysis.ipynb in tests/test_notebook.py.
+        "nbformat==5.11.1",
+        "nbclient==0.11.0",
+        "ipykernel==7.4.0",
     ],
 }
 

@@ -1,0 +1,55 @@
+"""Executes notebooks/analysis.ipynb top to bottom on the tiny sweep (a fresh kernel, ~10 s
+plus the shared tiny sweep). Needs the dev extra (nbclient, nbformat, ipykernel).
+
+Run: ``pytest tests/test_notebook.py``.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import nbclient  # dev extra: a missing install should fail here, not skip silently
+import nbformat
+
+from analysis import report, results
+from tests.helpers import REPO
+
+NOTEBOOK = os.path.join(REPO, "notebooks", "analysis.ipynb")
+
+
+def _text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        parts.append(out.get("text", ""))
+        data = out.get("data", {})
+        parts.append(data.get("text/markdown", "") + data.get("text/plain", ""))
+    return "".join(parts)
+
+
+def test_notebook_runs_on_tiny_sweep(tiny_sweep_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBA_JAX_SWEEP_DIR", str(tiny_sweep_dir))
+    monkeypatch.setenv("MOBA_JAX_FIGURE_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    start = time.monotonic()
+    nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
+                            resources={"metadata": {"path": REPO}}).execute()
+    elapsed = time.monotonic() - start
+    assert elapsed < 60, f"the notebook took {elapsed:.0f} s; keep it under a minute on the tiny sweep"
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "google.colab" in code[0].source and "REPO_URL" in code[0].source
+    everything = "\n".join(_text(c) for c in code)
+    sweep = results.load_sweep(tiny_sweep_dir)
+    for run in sweep.runs:
+        assert run.run in everything                  # the runs table
+    assert "PFLOP/s-days" in everything and "L = " in everything
+    assert len(sweep.arms) >= 2, "the tiny sweep is meant to compare arms"
+    base = report.default_baseline(sweep.arms)
+    assert f"over {base} (envelope laws)" in everything  # the multiplier
+    if any(report.chinchilla_skip_reason(sweep, a) for a in sweep.arms):
+        assert "no Chinchilla fit" in everything      # skipped, with the reason
+    images = sum("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
+    assert images >= 2                                # loss-vs-compute and Kimi-style charts
+    assert (tmp_path / "figures" / "report" / "report.html").is_file()
+    assert not (tiny_sweep_dir / "notebook_figures").exists()
