@@ -301,8 +301,15 @@ def fit_envelope(curves, C_min: float | None = None, C_max: float | None = None,
         if len(sub.C) >= 3 and len(np.unique(sub.C)) >= 2:
             out.append(_loglog_lstsq(np.log(sub.C), np.log(sub.L)))
     samples = np.array(out).reshape(-1, 2)
+    if len(names) < 3:
+        warnings.warn(f"envelope bootstrap over only {len(names)} run(s): its interval is not "
+                      "meaningful; add runs", AnalysisWarning, stacklevel=2)
     if len(samples) < bootstrap // 2:
-        raise AnalysisError(f"only {len(samples)} of {bootstrap} bootstrap resamples were fittable; add runs or widen the C range")
+        # Keep the point fit (its range does not depend on the bootstrap); report no interval.
+        warnings.warn(f"only {len(samples)} of {bootstrap} envelope bootstrap resamples were "
+                      "fittable; the law is reported without an interval (add runs or widen the "
+                      "C range)", AnalysisWarning, stacklevel=2)
+        return env, fit
     lo, hi = _interval(samples, ci)
     fit = dataclasses.replace(fit, samples=samples, ci=ci, a_ci=(float(lo[0]), float(hi[0])), b_ci=(float(lo[1]), float(hi[1])))
     return env, fit
