@@ -1,4 +1,10 @@
-"""Shared bits of the command-line entry points: logging and clean failures."""
+"""Shared bits of the command-line entry points: logging, clean failures, multi-process flags.
+
+Exit codes: 0 done; 2 a user error (bad config, mesh, data, checkpoint, sweep
+directory, or a cluster that cannot be formed), the one-line message says what
+to fix; 3 training diverged; 75 preempted (SIGTERM): a checkpoint was saved and
+relaunching the same command resumes (75 is ``EX_TEMPFAIL``, "try again").
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +15,7 @@ import sys
 # entry points print them on one line and exit non-zero, no traceback.
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75
 
 
 def user_errors() -> tuple[type, ...]:
@@ -20,8 +27,9 @@ def user_errors() -> tuple[type, ...]:
     from moba_jax.train.checkpointing import CheckpointError
     from moba_jax.evaluation import EvalConfigError
     from moba_jax.sweep import SweepConfigError
+    from moba_jax.distributed import DistributedError
     return (UnknownAttentionError, RunConfigError, DataConfigError, ModelConfigError,
-            MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError)
+            MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError, DistributedError)
 
 
 def setup_logging() -> None:
@@ -31,12 +39,42 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def define_distributed_flags() -> None:
+    """Flags of the entry points that may run as one of several processes."""
+    from absl import flags
+    flags.DEFINE_string("coordinator_address", None,
+                        "HOST:PORT of process 0 for multi-process jobs (else "
+                        "JAX_COORDINATOR_ADDRESS or the cluster's auto-detection).")
+    flags.DEFINE_integer("num_processes", None, "Number of processes in the job "
+                         "(else JAX_NUM_PROCESSES or auto-detected).")
+    flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) "
+                         "(else JAX_PROCESS_ID or auto-detected).")
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "auto: join a cluster only when flags, environment or a launcher "
+                      "(SLURM, Open MPI, TPU pod, Kubernetes) say there are several processes; "
+                      "on: always call jax.distributed.initialize(); off: never.")
+    flags.DEFINE_integer("coordinator_timeout_s", 300, "Seconds to wait for all processes "
+                         "to join before failing.")
+
+
+def init_distributed() -> None:
+    """Joins the JAX cluster from the flags of :func:`define_distributed_flags` when needed."""
+    from absl import flags
+    from moba_jax import distributed
+    f = flags.FLAGS
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                           mode=f.distributed, timeout_s=f.coordinator_timeout_s)
+
+
 @contextlib.contextmanager
 def clean_exit():
     """Turns known user errors into a one-line message and a non-zero exit."""
-    from moba_jax.train.loop import TrainingDivergedError
+    from moba_jax.train.loop import Preempted, TrainingDivergedError
     try:
         yield
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)

@@ -2,7 +2,14 @@
 
     python -m experiments.train --config=configs/lm.py:small --workdir=/tmp/lm_small
 
-Resumes automatically from the latest checkpoint in ``--workdir``.
+Resumes automatically from the latest checkpoint in ``--workdir``. Several
+processes (one per host) run the same command; see README "Scaling out"::
+
+    python -m experiments.train --config=configs/lm.py:tiny --workdir=/shared/run \\
+        --coordinator_address=10.0.0.1:12345 --num_processes=2 --process_id=0   # and =1
+
+Exit codes: 0 done, 2 bad input (one-line message), 3 diverged, 75 preempted
+by SIGTERM after saving a checkpoint (run the same command again to resume).
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -14,16 +21,20 @@ config_flags.DEFINE_config_file("config", None, "Run config file (configs/lm.py[
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory (metrics, checkpoints, result).")
 flags.mark_flags_as_required(["config", "workdir"])
+common.define_distributed_flags()
 
 
 def main(argv):
     del argv
     common.setup_logging()
-    from moba_jax.train.loop import train
     with common.clean_exit():
+        common.init_distributed()
+        from moba_jax.train.loop import train
         result = train(FLAGS.config, FLAGS.workdir)
-    print(f"done: {result.steps} steps, {result.tokens:,} tokens, "
-          f"final validation loss {result.final_val_loss:.4f} nats/token -> {result.run_dir}")
+    import jax
+    if jax.process_index() == 0:
+        print(f"done: {result.steps} steps, {result.tokens:,} tokens, "
+              f"final validation loss {result.final_val_loss:.4f} nats/token -> {result.run_dir}")
 
 
 if __name__ == "__main__":

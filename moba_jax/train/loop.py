@@ -4,6 +4,9 @@
 length), ``metrics.jsonl`` (one line per logged step), ``checkpoints/`` and, once
 the run has finished, ``result.json``. A run directory without ``result.json``
 is unfinished: calling :func:`train` again resumes it from its latest checkpoint.
+
+On SIGTERM (a preemption notice) the run saves a checkpoint at the next step
+boundary and raises :class:`Preempted`; the entry points exit with code 75.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from moba_jax import distributed
 from moba_jax import sharding as shd
 from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
@@ -30,6 +34,15 @@ log = logging.getLogger("moba_jax")
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint at ``step`` was saved and the run can be resumed."""
+
+    def __init__(self, run_dir: str, step: int, message: str | None = None):
+        super().__init__(message or f"preempted: checkpoint saved at step {step} in {run_dir}; "
+                         "run the same command again to resume")
+        self.run_dir, self.step = run_dir, step
 
 
 @dataclasses.dataclass
@@ -95,6 +108,8 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     tx, schedule = optim.make_optimizer(t, length.steps, spec.param_shapes, spec.metadata)
     state_sh = st.state_shardings(spec, tx, mesh)
     batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
+    distributed.check_batch_layout(batch_sh, t.global_batch, t.seq_len)
+    distributed.install_preemption_handler()
     counts = param_counts(spec.param_shapes)
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -190,10 +205,14 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                     t_interval, tokens_interval = time.perf_counter(), 0
                 if bar is not None:
                     bar.update(1)
-                if step % t.checkpoint_every == 0 or step == length.steps:
+                preempted = distributed.preemption_requested(step) and step < length.steps
+                if step % t.checkpoint_every == 0 or step == length.steps or preempted:
                     meta = {"step": step, "fingerprint": fingerprint, "tokens": step * length.tokens_per_step,
                             **{f"flops_{c}": v for c, v in length.flops_at(step).items()}}
                     ckpt.save(step, state, train_iter.get_state(), meta)
+                if preempted:
+                    ckpt.wait()
+                    raise Preempted(workdir, step)
         finally:
             ckpt.wait()
             if bar is not None:
