@@ -5,7 +5,9 @@ CPU (default; about 10 minutes on 2 cores, most of it dense attention at 32K)::
     python -m experiments.benchmark --config=configs/bench_attention.py \\
         --workdir=/tmp/bench_cpu
 
-GPU (H100; bf16, T = 4K..128K, Pallas Triton kernel checked against the xla path)::
+GPU (H100, jax 0.11.2: about 3 minutes; bf16, T = 4K..128K, the Pallas Triton kernel
+checked against the xla path at 4K and 16K; the xla path's GPU compile became very slow
+at 64K, so it is timed up to 32K only)::
 
     python -m experiments.benchmark --config=configs/bench_attention.py:gpu \\
         --workdir=/tmp/bench_gpu
@@ -58,11 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        num_warps=4, num_stages=2))
         c.seq_lens = (4096, 8192, 16384, 32768, 65536, 131072)
         c.implementations = ml_collections.ConfigDict(
-            {"dense_cudnn": 0, "dense_xla": 32768, "moba_pallas": 0, "moba_xla": 0})
-        c.fit_impls = ("moba_pallas", "moba_xla")
+            {"dense_cudnn": 0, "dense_xla": 16384, "moba_pallas": 0, "moba_xla": 32768})
+        c.fit_impls = ("moba_pallas",)
         c.fit_range = (16384, 131072)
         c.check = ml_collections.ConfigDict(dict(impl="moba_pallas", against="moba_xla",
-                                                 seq_lens=(4096, 16384, 65536)))
+                                                 seq_lens=(4096, 16384)))
     elif variant == "smoke":
         c.head_dim = 32
         c.block_size = 64

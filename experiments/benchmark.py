@@ -1,0 +1,30 @@
+"""Benchmark dense causal attention against MoBA (forward, forward+backward).
+
+    python -m experiments.benchmark --config=configs/bench_attention.py --workdir=/tmp/bench
+    python -m experiments.benchmark --config=configs/bench_attention.py:gpu --workdir=/tmp/bg
+
+Writes ``bench.json`` and ``bench.png`` into ``--workdir``; the logic lives in
+``kernels/bench.py`` (importable from a notebook).
+"""
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from kernels import bench
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Benchmark config, e.g. configs/bench_attention.py[:gpu|:smoke].",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for bench.json and bench.png.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    bench.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

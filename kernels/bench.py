@@ -1,0 +1,270 @@
+"""Attention benchmark: dense causal attention vs MoBA, forward and forward+backward.
+
+``run(cfg, workdir)`` times every implementation in ``cfg.implementations`` at
+every length in ``cfg.seq_lens`` (median of ``cfg.iters`` runs after a warm-up
+call that also compiles), prints one line per measurement, and writes
+``bench.json`` and ``bench.png`` (log-log time vs T) into ``workdir``.
+Entry point: ``experiments/benchmark.py``; configs: ``configs/bench_attention.py``.
+
+Implementations (names in ``cfg.implementations``, each mapped to the largest T
+it is run at, ``0`` meaning no limit):
+
+* ``dense_xla`` / ``dense_cudnn``: ``jax.nn.dot_product_attention(is_causal=True)``
+  with ``implementation="xla"`` / ``"cudnn"``;
+* ``moba_<impl>``: ``kernels.moba.moba_attention(implementation=<impl>)``.
+
+FLOPs are the ones the computation *needs* (multiply-adds x 2, both matmuls):
+dense causal ``4 * D * T(T+1)/2`` per head forward; MoBA ``4 * D * sum_t (keys
+attended by t)``; backward counted as twice the forward.  Every failure (no
+cuDNN, out of memory, a kernel error) is caught, printed and recorded, and the
+run carries on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+import traceback
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels.moba import BlockSizes, moba_attention
+
+MODES = ("fwd", "fwd_bwd")
+
+
+# --- FLOPs ---------------------------------------------------------------------------
+
+def dense_causal_flops(seq_len: int, head_dim: int, heads: int = 1, batch: int = 1) -> float:
+    """Forward FLOPs of causal attention: QK^T and PV over the ``T(T+1)/2`` causal pairs."""
+    return 4.0 * head_dim * heads * batch * seq_len * (seq_len + 1) / 2
+
+
+def moba_pairs(seq_len: int, block_size: int, top_k: int) -> int:
+    """(query, key) pairs MoBA attends to, per head: causal current block + past blocks."""
+    t = np.arange(seq_len)
+    current = t // block_size
+    in_current = t - current * block_size + 1
+    past_blocks = np.minimum(top_k - 1, current)  # past blocks are always full
+    return int(np.sum(in_current + past_blocks * block_size))
+
+
+def moba_flops(seq_len: int, head_dim: int, block_size: int, top_k: int, heads: int = 1,
+               batch: int = 1) -> float:
+    return 4.0 * head_dim * heads * batch * moba_pairs(seq_len, block_size, top_k)
+
+
+def needed_flops(name: str, mode: str, cfg) -> Callable[[int], float]:
+    def flops(t):
+        if name.startswith("dense"):
+            f = dense_causal_flops(t, cfg.head_dim, cfg.num_heads, cfg.batch)
+        else:
+            f = moba_flops(t, cfg.head_dim, cfg.block_size, cfg.top_k, cfg.num_heads,
+                           cfg.batch)
+        return f * (3.0 if mode == "fwd_bwd" else 1.0)
+    return flops
+
+
+# --- the functions timed -------------------------------------------------------------
+
+def attention_fn(name: str, cfg) -> Callable[..., jax.Array]:
+    """``f(q, k, v) -> out`` for an implementation name (see module docstring)."""
+    if name.startswith("dense_"):
+        impl = name[len("dense_"):]
+        return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                                            implementation=impl)
+    if name.startswith("moba_"):
+        impl = name[len("moba_"):]
+        sizes = BlockSizes(**cfg.block_sizes) if cfg.get("block_sizes") else None
+        return lambda q, k, v: moba_attention(q, k, v, block_size=cfg.block_size,
+                                              top_k=cfg.top_k, implementation=impl,
+                                              block_sizes=sizes)
+    raise ValueError(f"unknown implementation {name!r}; use dense_xla, dense_cudnn or "
+                     "moba_<reference|xla|pallas|pallas_tpu|pallas_gpu>.")
+
+
+def timed_fn(name: str, mode: str, cfg) -> Callable[..., Any]:
+    f = attention_fn(name, cfg)
+    if mode == "fwd":
+        return jax.jit(f)
+    loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32))
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def make_inputs(seq_len: int, cfg, seed: int = 0):
+    dtype = jnp.dtype(cfg.dtype)
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    b, h, hkv, d = cfg.batch, cfg.num_heads, cfg.get("num_kv_heads", cfg.num_heads), cfg.head_dim
+    return (jax.random.normal(kq, (b, seq_len, h, d), dtype),
+            jax.random.normal(kk, (b, seq_len, hkv, d), dtype),
+            jax.random.normal(kv, (b, seq_len, hkv, d), dtype))
+
+
+def median_time(fn, args, iters: int) -> tuple[float, list[float], float]:
+    """(median seconds, all timings, warm-up seconds incl. compile)."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    warmup = time.perf_counter() - start
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times, warmup
+
+
+def _short_error(e: BaseException) -> str:
+    lines = [l for l in str(e).strip().splitlines() if l.strip()]
+    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+
+
+# --- analysis ------------------------------------------------------------------------
+
+def fit_exponent(lens, times) -> float:
+    """Least-squares slope of log(time) vs log(T)."""
+    slope, _ = np.polyfit(np.log(np.asarray(lens, float)), np.log(np.asarray(times, float)), 1)
+    return float(slope)
+
+
+def _lookup(results, name, mode, t):
+    for r in results:
+        if (r["impl"], r["mode"], r["seq_len"]) == (name, mode, t) and r.get("time_s"):
+            return r["time_s"]
+    return None
+
+
+def speedups(results, cfg) -> list[dict]:
+    """MoBA time vs the fastest dense time at the same (mode, T)."""
+    out = []
+    dense = [n for n in cfg.implementations if n.startswith("dense")]
+    for r in results:
+        if not r["impl"].startswith("moba") or not r.get("time_s"):
+            continue
+        base = [(_lookup(results, d, r["mode"], r["seq_len"]), d) for d in dense]
+        base = [(t, d) for t, d in base if t]
+        if base:
+            t_dense, d = min(base)
+            out.append(dict(impl=r["impl"], mode=r["mode"], seq_len=r["seq_len"],
+                            baseline=d, speedup=t_dense / r["time_s"]))
+    return out
+
+
+def check_against(cfg, log) -> list[dict]:
+    """Max abs / relative error of ``cfg.check.impl`` vs ``cfg.check.against`` (out, grads)."""
+    checks = []
+    if not cfg.get("check") or not cfg.check.seq_lens:
+        return checks
+    for t in cfg.check.seq_lens:
+        args = make_inputs(t, cfg, seed=1)
+        try:
+            res = {}
+            for name in (cfg.check.impl, cfg.check.against):
+                f = attention_fn(name, cfg)
+                loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32))
+                out = jax.jit(f)(*args)
+                grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+                res[name] = [np.asarray(x, np.float32) for x in (out, *grads)]
+            for label, a, b in zip(("out", "dq", "dk", "dv"), res[cfg.check.impl],
+                                   res[cfg.check.against]):
+                abs_err = float(np.max(np.abs(a - b)))
+                rel_err = abs_err / max(float(np.max(np.abs(b))), 1e-30)
+                checks.append(dict(seq_len=t, tensor=label, max_abs_err=abs_err,
+                                   max_rel_err=rel_err))
+                log(f"check T={t:>7} {label:>3}: {cfg.check.impl} vs {cfg.check.against} "
+                    f"max abs err {abs_err:.3e}  max rel err {rel_err:.3e}")
+        except Exception as e:  # report, don't die
+            checks.append(dict(seq_len=t, error=_short_error(e)))
+            log(f"check T={t:>7}: FAILED {_short_error(e)}")
+    return checks
+
+
+def plot(results, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 5))
+    names = sorted({r["impl"] for r in results})
+    for i, name in enumerate(names):
+        for mode, style in (("fwd", "-"), ("fwd_bwd", "--")):
+            pts = sorted((r["seq_len"], r["time_s"]) for r in results
+                         if r["impl"] == name and r["mode"] == mode and r.get("time_s"))
+            if pts:
+                ax.loglog(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{name} {mode}")
+    ax.set_xlabel("sequence length T")
+    ax.set_ylabel("time (s, median)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- driver --------------------------------------------------------------------------
+
+def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
+    """Runs the benchmark described by ``cfg``; returns and writes the results."""
+    log = log or (lambda s: print(s, flush=True))
+    os.makedirs(workdir, exist_ok=True)
+    device = jax.devices()[0]
+    log(f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}); "
+        f"B={cfg.batch} H={cfg.num_heads} D={cfg.head_dim} {cfg.dtype} "
+        f"block={cfg.block_size} top_k={cfg.top_k}")
+    checks = check_against(cfg, log)
+
+    results = []
+    for t in cfg.seq_lens:
+        args = make_inputs(t, cfg)
+        for name, max_len in cfg.implementations.items():
+            if max_len and t > max_len:
+                continue
+            for mode in MODES:
+                rec = dict(impl=name, mode=mode, seq_len=t,
+                           flops=needed_flops(name, mode, cfg)(t))
+                try:
+                    med, times, warm = median_time(timed_fn(name, mode, cfg), args, cfg.iters)
+                    rec.update(time_s=med, times_s=times, warmup_s=warm,
+                               tflops_per_s=rec["flops"] / med / 1e12)
+                    log(f"T={t:>7} {name:<16} {mode:<8} {med * 1e3:10.2f} ms  "
+                        f"{rec['tflops_per_s'] * 1e3:8.1f} GFLOP/s  (warm-up {warm:.1f} s)")
+                except Exception as e:  # report, don't die
+                    rec["error"] = _short_error(e)
+                    log(f"T={t:>7} {name:<16} {mode:<8} FAILED {rec['error']}")
+                    if cfg.get("verbose_errors"):
+                        log(traceback.format_exc())
+                results.append(rec)
+        del args
+
+    ups = speedups(results, cfg)
+    for s in ups:
+        log(f"speedup T={s['seq_len']:>7} {s['impl']:<16} {s['mode']:<8} "
+            f"{s['speedup']:7.2f}x vs {s['baseline']}")
+    fits = {}
+    lo, hi = cfg.fit_range
+    for name in cfg.fit_impls:
+        for mode in MODES:
+            pts = [(r["seq_len"], r["time_s"]) for r in results if r["impl"] == name
+                   and r["mode"] == mode and r.get("time_s") and lo <= r["seq_len"] <= hi]
+            if len(pts) >= 2:
+                fits[f"{name}/{mode}"] = fit_exponent(*zip(*pts))
+                log(f"fit {name} {mode}: time ~ T^{fits[f'{name}/{mode}']:.3f} "
+                    f"(T={lo}..{hi}, {len(pts)} points)")
+
+    summary = dict(config=cfg.to_dict(), jax_version=jax.__version__,
+                   backend=jax.default_backend(), device=device.device_kind,
+                   results=results, speedups=ups, exponents=fits, checks=checks)
+    with open(os.path.join(workdir, "bench.json"), "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    try:
+        plot(results, os.path.join(workdir, "bench.png"),
+             f"causal attention vs MoBA ({jax.default_backend()}, {cfg.dtype}, "
+             f"block {cfg.block_size}, top-{cfg.top_k})")
+    except Exception as e:  # a missing plot should not lose the numbers
+        log(f"plot failed: {_short_error(e)}")
+    log(f"wrote {os.path.join(workdir, 'bench.json')} and bench.png")
+    return summary
