@@ -153,3 +153,156 @@ def train_flops_per_token(cfg, seq_len: int, convention: str = "exact") -> float
     if convention in ("exact", "compiled"):
         return 3.0 * forward_flops_per_token(cfg, seq_len, convention)["total"]
     raise ValueError(f"convention: unknown {convention!r}; choose one of {CONVENTIONS}")
+
+
+# --- MLA (multi-head latent attention) ------------------------------------------
+
+def _mla_dims(cfg):
+    o = cfg.attention.mla
+    return int(o.kv_latent_dim), int(o.rope_dim), int(o.q_latent_dim)
+
+
+def mla_params(cfg) -> int:
+    """Parameters of one MLA layer (latent projections, their norms, W_o)."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    dc, dr, dq = _mla_dims(cfg)
+    q = d * dq + dq + dq * h * (hd + dr) if dq else d * h * (hd + dr)
+    kv = d * dc + dc + 2 * dc * h * hd + d * dr
+    return q + kv + h * hd * d
+
+
+def mla_projection_flops(cfg) -> float:
+    """Per-token forward FLOPs of MLA's projections: q (direct or low-rank), the kv
+    latent, the per-head key/value up-projections, the shared rope key and ``W_o``."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    dc, dr, dq = _mla_dims(cfg)
+    q = 2.0 * (d * dq + dq * h * (hd + dr)) if dq else 2.0 * d * h * (hd + dr)
+    return q + 2.0 * (d * dc + 2 * dc * h * hd + d * dr) + 2.0 * h * hd * d
+
+
+def _mla_flops(cfg, seq_len: int, convention: str) -> float:
+    """QK^T over ``head_dim + rope_dim`` and PV over ``head_dim`` per (head, key) pair.
+
+    "compiled": every path scores all ``T`` keys; the xla path zero-pads v to
+    ``head_dim + rope_dim`` (``jax.nn.dot_product_attention`` needs one width), so its
+    PV product is that wide too.
+    """
+    h, hd = cfg.n_heads, cfg.head_dim
+    _, dr, _ = _mla_dims(cfg)
+    if convention == "compiled":
+        keys = seq_len
+        pv = hd + dr if cfg.attention.mla.implementation == "xla" else hd
+    else:
+        keys, pv = causal_pairs_per_token(seq_len), hd
+    return mla_projection_flops(cfg) + 2.0 * h * keys * ((hd + dr) + pv)
+
+
+def mla_cache_per_token(cfg) -> int:
+    """Numbers cached per token by one MLA layer when decoding: ``d_c + d_r``."""
+    dc, dr, _ = _mla_dims(cfg)
+    return dc + dr
+
+
+register_attention_flops("mla", mla_params, _mla_flops)
+
+
+# --- KDA (Kimi Delta Attention) -------------------------------------------------
+
+KDA_SUB_CHUNK = 16   # kernels/kda/chunked.py: the sub-chunk of the stable score blocks
+
+
+def kda_params(cfg) -> int:
+    """Parameters of one KDA layer: W_q, W_k, W_v, three short convs, the low-rank
+    decay and gate projections, A_log, dt_bias, W_beta, the output norm, W_o."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    conv = int(cfg.attention.kda.conv_size)
+    return (3 * d * h * hd + 3 * conv * h * hd + 2 * (d * hd + hd * h * hd)
+            + h + h * hd + d * h + hd + h * hd * d)
+
+
+def kda_projection_flops(cfg) -> float:
+    """Per-token forward FLOPs around the recurrence: q/k/v/o projections, the short
+    convolutions (one multiply-add per tap and channel), the low-rank decay and gate
+    and the beta projection."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    conv = int(cfg.attention.kda.conv_size)
+    return (2.0 * 4 * d * h * hd + 2.0 * 3 * conv * h * hd
+            + 2.0 * 2 * (d * hd + hd * h * hd) + 2.0 * d * h)
+
+
+def kda_core_exact_per_token(head_dim: int, chunk: int, seq_len: int) -> float:
+    """kda.md's cost of the chunked algorithm per head: ``6 T d^2 + 3 T C d + T C^2``
+    per sequence, here per token; a sequence shorter than a chunk is one chunk of T."""
+    c = min(chunk, seq_len)
+    return 6.0 * head_dim ** 2 + 3.0 * c * head_dim + c * c
+
+
+def kda_scores_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> float:
+    """FLOPs of ``kernels.kda.chunked.decayed_scores`` on one ``[C, K]`` chunk as XLA
+    counts them: the off-diagonal sub-block product (computed dense, ``2 C^2 K``),
+    the masked decay factors of the off-diagonal blocks (``4 (C/s) C K``), the row
+    rescaling (``2 C K``), the pairwise diagonal blocks (``5 C s K``) and the masks."""
+    return 2.0 * c * c * k + 4.0 * (c // s) * c * k + 2.0 * c * k + 5.0 * c * s * k + c * s + c * c
+
+
+def kda_chunk_compiled(c: int, k: int) -> dict[str, float]:
+    """FLOPs of one chunk and head of ``kernels.kda.chunked.kda_chunked`` (K = V = k):
+
+    - ``parallel``: everything outside the scan (q scaling, both score matrices, the
+      beta products, ``exp(G)`` rescalings). XLA merges common parts of the two
+      score computations, so this is 2-4% above what it reports;
+    - ``solve``: the unit lower-triangular solve for ``[W | U]`` by forward
+      substitution, a loop over the C rows of dense row products
+      (``kernels.kda.chunked.unit_lower_solve``): ``C (2 C (K + V) + (K + V))``.
+      XLA counts the loop body (one row) once;
+    - ``scan``: one step of the sequential scan over chunks (``W S``, ``Qg S``,
+      ``Aqk Vn`` dense, ``Kg^T Vn`` and the element-wise updates). XLA counts a
+      loop body once, whatever its trip count.
+    """
+    parallel = (k * c                                   # q * scale
+                + 2 * kda_scores_compiled(c, k)         # Akk, Aqk
+                + 2 * c * c                             # beta * Akk, I + Akk
+                + 3 * c * k                             # beta exp(G) k, beta v
+                + 3 * c * k)                            # Qg, Kg (exp(G_last - G) k)
+    solve = c * (2.0 * c * 2 * k + 2.0 * k)
+    scan = 6.0 * c * k * k + 2.0 * c * c * k + 2.0 * c * k + 2.0 * k * k
+    return {"parallel": float(parallel), "solve": float(solve), "scan": float(scan)}
+
+
+def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
+    """Per-token FLOPs of the recurrence as the configured path computes it (all heads)."""
+    o = cfg.attention.kda
+    h, k = cfg.n_heads, cfg.head_dim
+    if o.implementation == "reference":
+        # Token scan: decay, S^T k, delta update (outer product), S^T q.
+        return h * (2.0 * k * k + 2.0 * k * k + 3.0 * k * k + 2.0 * k * k)
+    c = int(o.chunk_size)
+    n = -(-seq_len // c)
+    per_chunk = sum(kda_chunk_compiled(c, k).values())
+    return h * n * per_chunk / seq_len
+
+
+def _kda_flops(cfg, seq_len: int, convention: str) -> float:
+    if convention == "compiled":
+        core = kda_core_compiled_per_token(cfg, seq_len)
+    else:
+        core = cfg.n_heads * kda_core_exact_per_token(
+            cfg.head_dim, int(cfg.attention.kda.chunk_size), seq_len)
+    return kda_projection_flops(cfg) + core
+
+
+def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
+    """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
+    not see: the scan body beyond its first trip and the substitution loop beyond
+    its first row. Used by the FLOP tests to compare like with like; see
+    ``kda_chunk_compiled``."""
+    o = cfg.attention.kda
+    if o.implementation != "xla":
+        raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
+    c = int(o.chunk_size)
+    n = -(-seq_len // c)
+    terms = kda_chunk_compiled(c, cfg.head_dim)
+    return cfg.n_heads * ((n - 1) * terms["scan"] + n * terms["solve"] * (c - 1) / c) / seq_len
+
+
+register_attention_flops("kda", kda_params, _kda_flops)

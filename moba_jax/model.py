@@ -8,9 +8,11 @@ attention mix freely in one model.
 Model config fields (see :func:`default_model_config`):
 
 - ``vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim``
-- ``attention_pattern``: comma-separated kinds repeated over the layers,
-  e.g. ``"full"``, ``"kda,kda,kda,mla"`` (``n_layers`` must be a multiple of
-  the pattern length);
+- ``attention_pattern``: comma-separated kinds cycled over the layers
+  (layer ``i`` gets ``pattern[i % len(pattern)]``), e.g. ``"full"``,
+  ``"kda,kda,kda,mla"``. ``n_layers`` must be at least the pattern length (so
+  every kind of a hybrid is present); when it is not a multiple, the last
+  repetition is cut short (18 layers of ``"kda,kda,kda,mla"``: 14 KDA, 4 MLA);
 - ``full_attention_last_n``: the last N layers use ``"full"`` whatever the
   pattern says (MoBA's layer-wise hybrid);
 - ``attention.<kind>``: options of each kind (``implementation``, ``rope``, ...);
@@ -56,11 +58,12 @@ def layer_kinds(cfg) -> list[str]:
     pattern = [p.strip() for p in str(cfg.attention_pattern).split(",") if p.strip()]
     if not pattern:
         raise ModelConfigError("model.attention_pattern is empty; give e.g. 'full' or 'kda,kda,kda,mla'")
-    if cfg.n_layers % len(pattern):
+    if cfg.n_layers < len(pattern):
         raise ModelConfigError(
-            f"model.n_layers={cfg.n_layers} is not a multiple of the attention pattern "
-            f"length {len(pattern)} ({cfg.attention_pattern!r}); change one of them")
-    kinds = pattern * (cfg.n_layers // len(pattern))
+            f"model.n_layers={cfg.n_layers} is shorter than the attention pattern "
+            f"{cfg.attention_pattern!r} ({len(pattern)} layers): the hybrid would lose its "
+            "last kinds; use at least that many layers or a shorter pattern")
+    kinds = [pattern[i % len(pattern)] for i in range(cfg.n_layers)]
     last = int(cfg.get("full_attention_last_n", 0))
     if not 0 <= last <= cfg.n_layers:
         raise ModelConfigError(f"model.full_attention_last_n={last} must be in [0, n_layers={cfg.n_layers}]")

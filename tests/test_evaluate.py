@@ -65,21 +65,34 @@ def test_evaluation_is_skipped_when_done(run_4dev):
     assert before == after and "overall" in proc.stdout
 
 
-@pytest.mark.parametrize("pattern,opts", [("full", {}), ("moba", dict(block_size=4, top_k=2)),
-                                          ("moba", dict(block_size=8, top_k=1))])
+DECODE_CASES = [
+    ("full", {}, 2e-5),
+    ("moba", dict(moba=dict(block_size=4, top_k=2)), 2e-5),
+    ("moba", dict(moba=dict(block_size=8, top_k=1)), 2e-5),
+    ("mla", dict(mla=dict(rope=True)), 2e-5),
+    ("mla", dict(mla=dict(rope=False)), 2e-5),
+    # KDA: chunked prefill vs token recurrence differ by float32 summation order.
+    ("kda", {}, 5e-5),
+    ("kda,kda,kda,mla", dict(mla=dict(rope=False)), 5e-5),
+]
+
+
+@pytest.mark.parametrize("pattern,opts,atol", DECODE_CASES)
 @pytest.mark.parametrize("prefill", [1, 11])
-def test_decoding_parity(pattern, opts, prefill):
-    """Logits of cached incremental decoding equal those of a full forward pass."""
+def test_decoding_parity(pattern, opts, atol, prefill):
+    """Logits of cached incremental decoding equal those of a full forward pass (float32)."""
     cfg = default_model_config()
-    cfg.update(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8, mlp_dim=64,
+    cfg.update(d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=16, mlp_dim=64,
                attention_pattern=pattern)
-    cfg.attention.moba.update(opts)
+    cfg.attention.mla.update(kv_latent_dim=16, rope_dim=8)
+    for kind, o in opts.items():
+        cfg.attention[kind].update(o)
     spec = model_spec(cfg)
     params = init_params(cfg, 0)
     tokens = jax.random.randint(jax.random.key(0), (2, 29), 0, 259)
     full = spec.apply(params, tokens)
     inc = incremental_logits(spec, params, tokens, prefill=prefill)
-    np.testing.assert_allclose(inc, full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inc, full, rtol=1e-5, atol=atol)
 
 
 def test_probes_separate_a_copying_model_from_a_random_one():

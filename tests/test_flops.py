@@ -45,3 +45,70 @@ def test_conventions_and_units():
     assert flops.train_flops_per_token(cfg, T, "exact") == pytest.approx(3 * fwd_exact["total"])
     assert flops.train_flops_per_token(cfg, T, "6nd") == 6 * flops.non_embedding_params(cfg)
     assert flops.to_pflops_days(8.64e19) == pytest.approx(1.0)
+
+
+# --- KDA, MLA and the Kimi Linear hybrid -------------------------------------------
+#
+# How the KDA "compiled" count is compared with XLA. The chunked KDA path
+# (kernels/kda/chunked.py) runs a lax.scan over the T / C chunks, and XLA's cost
+# analysis counts a loop body once, not once per trip; the same holds for the
+# forward-substitution loop over the C rows of each chunk's triangular system. Our
+# "compiled" count is what the program really computes: every scan step and every
+# row. So the test adds back to XLA's number exactly the unseen trips, from our own
+# formula (flops.kda_uncounted_by_xla). What this checks: everything outside the
+# loops, one body of each, and the per-token bookkeeping (chunks, padding, heads).
+# What it cannot check against XLA: the trip-count multipliers, which are
+# arithmetic on terms that are checked. Sizes keep at least two chunks:
+# with a single chunk the zero initial state lets XLA fold part of the body away.
+
+def kimi_cfg(size, pattern, n_layers=None, rope=False):
+    cfg = default_model_config()
+    cfg.update(SIZES[size])
+    cfg.attention_pattern = pattern
+    if n_layers:
+        cfg.n_layers = n_layers
+    cfg.attention.mla.update(kv_latent_dim=48, rope_dim=16, rope=rope)
+    return cfg
+
+
+@pytest.mark.parametrize("size,pattern,n_layers,seq_len", [
+    ("s", "kda", None, 128),
+    ("xs", "kda", None, 512),
+    ("s", "mla", None, 128),
+    ("m", "mla", None, 512),
+    ("s", "kda,kda,kda,mla", 4, 256),
+])
+def test_kda_mla_compiled_count_matches_xla(size, pattern, n_layers, seq_len):
+    cfg = kimi_cfg(size, pattern, n_layers, rope=pattern == "mla")
+    batch = 2
+    ours = flops.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
+    unseen = sum(flops.kda_uncounted_by_xla(cfg, seq_len)
+                 for k in flops.layer_kinds(cfg) if k == "kda") * batch * seq_len
+    xla = xla_forward_flops(cfg, batch, seq_len) + unseen
+    assert abs(ours - xla) / xla < 0.05, f"ours {ours:.4g} vs XLA (+ loop/solve) {xla:.4g}"
+
+
+@pytest.mark.parametrize("pattern", ["kda", "mla", "kda,kda,kda,mla"])
+@pytest.mark.parametrize("q_latent_dim", [0, 24])
+def test_kda_mla_param_counts_match_model(pattern, q_latent_dim):
+    from moba_jax.model import param_counts
+    cfg = kimi_cfg("s", pattern, n_layers=4)
+    cfg.attention.mla.q_latent_dim = q_latent_dim
+    counts = param_counts(model_spec(cfg).param_shapes)
+    assert counts["non_embedding"] == flops.non_embedding_params(cfg)
+    assert flops.train_flops_per_token(cfg, 256, "6nd") == 6 * counts["non_embedding"]
+
+
+def test_kda_exact_count_is_the_design_formula():
+    cfg = kimi_cfg("m", "kda")
+    d, C, T = cfg.head_dim, cfg.attention.kda.chunk_size, 1024
+    attn = flops.forward_flops_per_token(cfg, T, "exact")["attention"]
+    core = attn - cfg.n_layers * flops.kda_projection_flops(cfg)
+    # kda.md: about 6 T d^2 + 3 T C d + T C^2 per head and sequence.
+    assert core == pytest.approx(cfg.n_layers * cfg.n_heads * (6 * d * d + 3 * C * d + C * C))
+    # Linear in T: the per-token cost does not grow with the context, attention's does.
+    assert flops.forward_flops_per_token(cfg, 4 * T, "exact")["attention"] == pytest.approx(attn)
+    mla = kimi_cfg("m", "mla")
+    grow = lambda c: (flops.forward_flops_per_token(c, 4 * T, "exact")["attention"]
+                      / flops.forward_flops_per_token(c, T, "exact")["attention"])
+    assert grow(mla) > 2.0

@@ -1,0 +1,201 @@
+"""Multi-head latent attention (MLA, DeepSeek-V2) as a model layer.
+
+Keys and values of every head are expanded from one small per-token latent, so a
+decoder caches ``kv_latent_dim + rope_dim`` numbers per token and layer instead of
+``2 * n_heads * head_dim``:
+
+    c_kv    = RMSNorm(W_dkv h)                    [B, T, d_c]      (the cached latent)
+    k_nope  = W_uk c_kv,  v = W_uv c_kv           [B, T, H, d_h]   (per head)
+    k_rope  = W_kr h                              [B, T, d_r]      (one for all heads; cached)
+    q       = W_q h  or  W_uq RMSNorm(W_dq h)     [B, T, H, d_h + d_r] = [q_nope; q_rope]
+    k       = [k_nope; k_rope]                    [B, T, H, d_h + d_r]
+    o       = W_o softmax(q k^T / sqrt(d_h + d_r), causal) v
+
+Options (``cfg.attention.mla``):
+
+- ``kv_latent_dim`` (d_c), ``rope_dim`` (d_r, even; 0 = no decoupled key part),
+  ``q_latent_dim`` (0 = a direct ``W_q``; > 0 = low-rank queries through a
+  normalised latent of that width, as in DeepSeek-V2);
+- ``rope``: True rotates ``q_rope`` and ``k_rope`` by position (rotary). False is
+  the NoPE variant of Kimi Linear: the ``d_r`` part stays an unrotated key
+  component shared by all heads and the layer ignores positions (position then
+  comes from the KDA layers of the hybrid);
+- ``implementation``: ``"xla"`` (``jax.nn.dot_product_attention``; it needs one
+  head width for q, k and v, so v is zero-padded from ``d_h`` to ``d_h + d_r`` and
+  the padding sliced off the output: the compiled FLOP count charges it) or
+  ``"reference"`` (plain float32 softmax attention, the oracle).
+
+Heads and widths come from the model config: ``cfg.n_heads`` heads of
+``cfg.head_dim`` (= d_h); ``cfg.n_kv_heads`` does not apply (every head has its
+own keys and values, expanded from the shared latent).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from moba_jax import layers
+from moba_jax.attention.registry import register_attention
+from moba_jax.sharding import constrain
+
+IMPLEMENTATIONS = ("reference", "xla")
+
+
+def latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, *, scale: float):
+    """Causal softmax attention in float32 where the key width E may exceed v's width D."""
+    t = q_BTHE.shape[1]
+    s = jnp.einsum("bthe,bshe->bhts", q_BTHE.astype(jnp.float32),
+                   k_BTHE.astype(jnp.float32)) * scale
+    s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+    p = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("bhts,bshd->bthd", p, v_BTHD.astype(jnp.float32))
+    return o.astype(v_BTHD.dtype)
+
+
+def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: str = "xla"):
+    if implementation == "reference":
+        return latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, scale=scale)
+    if implementation == "xla":
+        e, d = q_BTHE.shape[-1], v_BTHD.shape[-1]
+        v = jnp.pad(v_BTHD, [(0, 0)] * 3 + [(0, e - d)]) if e > d else v_BTHD
+        o = jax.nn.dot_product_attention(q_BTHE, k_BTHE, v, is_causal=True, scale=scale)
+        return o[..., :d]
+    raise ValueError(f"model.attention.mla.implementation={implementation!r}: "
+                     f"choose one of {IMPLEMENTATIONS}")
+
+
+@register_attention("mla")
+class MLAttention(nnx.Module):
+    """DeepSeek-V2 multi-head latent attention (see the module docstring)."""
+
+    @staticmethod
+    def default_options() -> dict:
+        return dict(kv_latent_dim=64, rope_dim=16, q_latent_dim=0, rope=True,
+                    implementation="xla")
+
+    def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
+        opts = cfg.attention.mla
+        d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+        self.n_heads, self.head_dim = h, hd
+        self.kv_latent_dim = dc = int(opts.kv_latent_dim)
+        self.rope_dim = dr = int(opts.rope_dim)
+        self.q_latent_dim = dq = int(opts.q_latent_dim)
+        self.use_rope = bool(opts.rope)
+        self.implementation = str(opts.implementation)
+        self.rope_theta = float(cfg.rope_theta)
+        if dc <= 0:
+            raise ValueError(f"model.attention.mla.kv_latent_dim={dc} must be positive")
+        if dr < 0 or dr % 2:
+            raise ValueError(f"model.attention.mla.rope_dim={dr} must be even and >= 0")
+        if self.use_rope and dr == 0:
+            raise ValueError("model.attention.mla.rope=True needs rope_dim > 0 (the rotated "
+                             "key part); set rope_dim or rope=False")
+        if dq < 0:
+            raise ValueError(f"model.attention.mla.q_latent_dim={dq} must be >= 0 (0 = direct W_q)")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"model.attention.mla.implementation={self.implementation!r}: "
+                             f"choose one of {IMPLEMENTATIONS}")
+        dtype = jnp.dtype(cfg.dtype)
+        kw = dict(rngs=rngs, dtype=dtype)
+        q_out = (h, hd + dr)
+        q_axes = ("q_heads", "head_dim")
+        if dq:
+            self.wq_down = layers.Dense(d, dq, in_axes=("embed",), out_axes=("q_latent",), **kw)
+            self.q_norm = layers.RMSNorm(dq, eps=cfg.norm_eps, rngs=rngs)
+            self.wq_up = layers.Dense(dq, q_out, in_axes=("q_latent",), out_axes=q_axes, **kw)
+        else:
+            self.wq = layers.Dense(d, q_out, in_axes=("embed",), out_axes=q_axes, **kw)
+        self.wkv_down = layers.Dense(d, dc, in_axes=("embed",), out_axes=("kv_latent",), **kw)
+        self.kv_norm = layers.RMSNorm(dc, eps=cfg.norm_eps, rngs=rngs)
+        self.wk_up = layers.Dense(dc, (h, hd), in_axes=("kv_latent",), out_axes=q_axes, **kw)
+        self.wv_up = layers.Dense(dc, (h, hd), in_axes=("kv_latent",), out_axes=q_axes, **kw)
+        if dr:
+            self.wk_rope = layers.Dense(d, dr, in_axes=("embed",), out_axes=("head_dim",), **kw)
+        self.wo = layers.Dense((h, hd), d, in_axes=q_axes, out_axes=("embed",),
+                               init_scale=(2 * cfg.n_layers) ** -0.5, **kw)
+
+    def cache_size_per_token(self) -> int:
+        """Numbers a decoder caches per token for this layer: ``d_c + d_r``."""
+        return self.kv_latent_dim + self.rope_dim
+
+    @property
+    def scale(self) -> float:
+        return (self.head_dim + self.rope_dim) ** -0.5
+
+    def project(self, x_BTD, positions_BT):
+        """``q [B,T,H,d_h+d_r]``, ``k [B,T,H,d_h+d_r]``, ``v [B,T,H,d_h]`` (what attention sees)."""
+        if self.q_latent_dim:
+            q = self.wq_up(self.q_norm(self.wq_down(x_BTD)))
+        else:
+            q = self.wq(x_BTD)
+        c_kv = self.kv_norm(self.wkv_down(x_BTD))                       # [B, T, d_c]
+        k_nope = self.wk_up(c_kv)                                       # [B, T, H, d_h]
+        v = self.wv_up(c_kv)
+        if self.rope_dim:
+            hd = self.head_dim
+            q_nope, q_rope = q[..., :hd], q[..., hd:]
+            k_rope = self.wk_rope(x_BTD)[:, :, None, :]                 # [B, T, 1, d_r]
+            if self.use_rope:
+                q_rope = layers.rotary(q_rope, positions_BT, self.rope_theta)
+                k_rope = layers.rotary(k_rope, positions_BT, self.rope_theta)
+            q = jnp.concatenate([q_nope, q_rope], axis=-1)
+            k_rope = jnp.broadcast_to(k_rope, k_nope.shape[:3] + (self.rope_dim,))
+            k = jnp.concatenate([k_nope, k_rope.astype(k_nope.dtype)], axis=-1)
+        else:
+            k = k_nope
+        return q, k, v
+
+    def __call__(self, x_BTD, positions_BT):
+        q, k, v = self.project(x_BTD, positions_BT)
+        q = constrain(q, ("batch", "seq", "q_heads", "head_dim"))
+        k = constrain(k, ("batch", "seq", "q_heads", "head_dim"))
+        v = constrain(v, ("batch", "seq", "q_heads", "head_dim"))
+        o = latent_attention(q, k, v, scale=self.scale, implementation=self.implementation)
+        return self.wo(constrain(o, ("batch", "seq", "q_heads", "head_dim")))
+
+    # --- incremental decoding -------------------------------------------------
+    # The cache is the compressed one: the normalised latent ``c_kv`` (d_c) and
+    # the shared positional key ``k_rope`` (d_r, stored already rotated) per
+    # token; per-head keys and values are re-expanded from it at each step.
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        dtype = self.wkv_down.dtype
+        cache = {"c_kv": jnp.zeros((batch, max_len, self.kv_latent_dim), dtype)}
+        if self.rope_dim:
+            cache["k_rope"] = jnp.zeros((batch, max_len, self.rope_dim), dtype)
+        return cache
+
+    def step(self, x_BSD, positions_BS, cache: dict, start):
+        if self.q_latent_dim:
+            q = self.wq_up(self.q_norm(self.wq_down(x_BSD)))
+        else:
+            q = self.wq(x_BSD)
+        c_new = self.kv_norm(self.wkv_down(x_BSD))
+        new = {"c_kv": jax.lax.dynamic_update_slice_in_dim(
+            cache["c_kv"], c_new.astype(cache["c_kv"].dtype), start, 1)}
+        k_nope = self.wk_up(new["c_kv"])                                 # [B, L, H, d_h]
+        v = self.wv_up(new["c_kv"])
+        if self.rope_dim:
+            hd = self.head_dim
+            q_nope, q_rope = q[..., :hd], q[..., hd:]
+            kr = self.wk_rope(x_BSD)[:, :, None, :]
+            if self.use_rope:
+                q_rope = layers.rotary(q_rope, positions_BS, self.rope_theta)
+                kr = layers.rotary(kr, positions_BS, self.rope_theta)
+            q = jnp.concatenate([q_nope, q_rope], axis=-1)
+            new["k_rope"] = jax.lax.dynamic_update_slice_in_dim(
+                cache["k_rope"], kr[:, :, 0].astype(cache["k_rope"].dtype), start, 1)
+            k_rope = jnp.broadcast_to(new["k_rope"][:, :, None, :], k_nope.shape[:3] + (self.rope_dim,))
+            k = jnp.concatenate([k_nope, k_rope.astype(k_nope.dtype)], axis=-1)
+        else:
+            k = k_nope
+        s_len = x_BSD.shape[1]
+        q_pos = start + jnp.arange(s_len)
+        mask = jnp.arange(k.shape[1])[None, :] <= q_pos[:, None]         # [S, L]
+        s = jnp.einsum("bshe,blhe->bhsl", q.astype(jnp.float32), k.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST) * self.scale
+        p = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+        o = jnp.einsum("bhsl,blhd->bshd", p, v.astype(jnp.float32),
+                       precision=jax.lax.Precision.HIGHEST).astype(v.dtype)
+        return self.wo(o), new
