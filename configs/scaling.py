@@ -1,6 +1,7 @@
 """The compute-matched scaling sweep.
 
-Default (the README's main job: arms full and moba, 4 sizes each, on a 2-core CPU)::
+Default (the README's main job: arms full, moba, mla and kimi_linear, 4 sizes
+each, on a 2-core CPU)::
 
     python -m experiments.sweep --config=configs/scaling.py --workdir=runs/scaling
 
@@ -39,6 +40,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the full length (moba.md's 8K/512/top-3 setting is 81.25%). The two MoBA
     # hybrids of the paper are defined too (not in the default list).
     moba = dict(block_size=32, top_k=3, implementation="xla")
+    # MLA (kda.md): a 32-wide kv latent and an 8-wide decoupled key per token
+    # (cache 40 numbers per layer; these models are 48-128 wide), direct queries
+    # as in Kimi Linear. The all-MLA
+    # arm rotates the decoupled part (it has no other source of position); the
+    # Kimi Linear hybrid (3 KDA : 1 MLA, cycled over the layers, so it needs
+    # n_layers >= 4) uses NoPE MLA, position coming from the KDA layers.
+    mla = dict(kv_latent_dim=32, rope_dim=8, q_latent_dim=0, implementation="xla")
+    kda = dict(chunk_size=64, conv_size=4, implementation="xla")
     c.arm_defs = ml_collections.ConfigDict(dict(
         full=dict(attention_pattern="full"),
         moba=dict(attention_pattern="moba", attention=dict(moba=moba)),
@@ -46,22 +55,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              attention=dict(moba=moba)),
         moba_switch90=dict(attention_pattern="moba", attention=dict(moba=moba),
                            train=dict(switch_to_full_at=0.9)),
+        mla=dict(attention_pattern="mla", attention=dict(mla=dict(mla, rope=True))),
+        kimi_linear=dict(attention_pattern="kda,kda,kda,mla",
+                         attention=dict(kda=kda, mla=dict(mla, rope=False))),
     ))
-    c.arms = "full,moba"
+    c.arms = "full,moba,mla,kimi_linear"
 
     # Sizes: shapes (and a per-size learning rate, chosen for all arms alike).
+    # Every default size has 4 layers so the 3:1 Kimi Linear pattern is exact.
     c.size_defs = ml_collections.ConfigDict(dict(
-        s1=dict(d_model=48, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=24, mlp_dim=128, lr=4e-3),
-        s2=dict(d_model=64, n_layers=3, n_heads=2, n_kv_heads=1, head_dim=32, mlp_dim=192, lr=3.5e-3),
+        s1=dict(d_model=48, n_layers=4, n_heads=2, n_kv_heads=1, head_dim=24, mlp_dim=128, lr=4e-3),
+        s2=dict(d_model=64, n_layers=4, n_heads=2, n_kv_heads=1, head_dim=32, mlp_dim=192, lr=3.5e-3),
         s3=dict(d_model=96, n_layers=4, n_heads=3, n_kv_heads=1, head_dim=32, mlp_dim=256, lr=3e-3),
-        s4=dict(d_model=128, n_layers=5, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384, lr=2.5e-3),
+        s4=dict(d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384, lr=2.5e-3),
         t1=dict(d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, mlp_dim=48, lr=5e-3),
         t2=dict(d_model=24, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=12, mlp_dim=64, lr=5e-3),
     ))
     if variant == "default":
         c.sizes = "s1,s2,s3,s4"
-        c.budgets = "1.5e11,4e11,1e12,2.5e12"
+        c.budgets = "1e11,2.5e11,6e11,1.6e12"
     elif variant == "tiny":
+        c.arms = "full,moba"     # the tiny sizes (1-2 layers) cannot hold the 3:1 hybrid
         c.sizes = "t1,t2"
         c.budgets = "6e8,2e9"
         c.base.train.update(seq_len=64, global_batch=4, log_every=2, checkpoint_every=10,
