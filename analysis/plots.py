@@ -334,7 +334,9 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
         ncols: panels per row (default up to 4).
 
     Returns:
-        :class:`FigureResult` with ``fits[bucket][arm]``.
+        :class:`FigureResult` with ``fits[bucket][arm]``. An arm with fewer than 3
+        distinct compute values in a bucket is drawn as points without a law (with
+        an :class:`AnalysisWarning`) and has no entry there.
     """
     if not bucket_data:
         raise AnalysisError("bucket_data is empty; pass {bucket_label: {arm: (C, L)}}")
@@ -357,7 +359,14 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
             try:
                 law = fitting.fit_power_law(C, L, bootstrap=bootstrap)
             except AnalysisError as e:
-                raise AnalysisError(f"bucket {label!r}, arm {arm!r}: {e}") from None
+                if len(np.unique(C)) >= 3:      # enough points: a real failure
+                    raise AnalysisError(f"bucket {label!r}, arm {arm!r}: {e}") from None
+                # Too few runs for a law: draw the points, say so, fit nothing.
+                warnings.warn(f"bucket {label!r}, arm {arm!r}: {e}; points drawn without a law",
+                              AnalysisWarning, stacklevel=2)
+                ax.plot(C, L, "os^D"[i % 4], color=colour, ms=4,
+                        label=f"{display_name(arm)} (too few runs to fit)")
+                continue
             all_fits[label][arm] = law
             Cp = np.geomspace(C.min() / 1.15, C.max() * 1.15, 50)
             ax.plot(C, L, "os^D"[i % 4], color=colour, ms=4)

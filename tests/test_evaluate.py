@@ -143,3 +143,32 @@ def test_evaluate_bad_inputs(run_4dev, tmp_path):
     (tmp_path / "run" / "config.json").write_text(
         json.dumps(json.load(open(run_4dev / "config.json"))))
     _assert_error(evaluate(tmp_path / "run", check=False), "has no checkpoints")
+
+
+def test_sweep_mode_evaluates_every_run_and_feeds_position_wise_figure(tiny_sweep_dir, tmp_path):
+    import shutil
+
+    from analysis import plots, position, results
+    wd = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep_dir, wd)
+    proc = run_cli("experiments.evaluate", f"--workdir={wd}", "--config.seq_len=128",
+                   "--config.bucket_size=32", "--config.max_docs=16", "--config.batch_size=4",
+                   check=True)
+    sweep = results.load_sweep(wd)
+    for run in sweep.runs:
+        files = [f for f in os.listdir(wd / run.run / "eval") if f.endswith(".json")]
+        assert len(files) == 1, run.run
+    assert proc.stdout.count("overall") == len(sweep.runs)
+    evals = position.load_position_evals(sweep, "exact")
+    assert set(evals.steps) == {r.run for r in sweep.runs} and not evals.skipped
+    data = evals.bucket_data
+    assert [k for k in data] == ["0-32", "32-64", "64-96", "96-128", "trailing"]
+    assert set(next(iter(data.values()))) == set(sweep.arms)
+    fig = plots.plot_position_wise(data, tmp_path / "position_wise.png")
+    png = tmp_path / "position_wise.png"
+    assert png.exists() and png.stat().st_size > 10_000
+    # A second pass finds every run evaluated and skips the work.
+    again = run_cli("experiments.evaluate", f"--workdir={wd}", "--config.seq_len=128",
+                    "--config.bucket_size=32", "--config.max_docs=16", "--config.batch_size=4",
+                    check=True)
+    assert again.stdout.count("overall") == len(sweep.runs)

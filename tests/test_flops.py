@@ -112,3 +112,20 @@ def test_kda_exact_count_is_the_design_formula():
     grow = lambda c: (flops.forward_flops_per_token(c, 4 * T, "exact")["attention"]
                       / flops.forward_flops_per_token(c, T, "exact")["attention"])
     assert grow(mla) > 2.0
+
+
+@pytest.mark.parametrize("impl", ["xla", "reference"])
+@pytest.mark.parametrize("seq_len,last_full", [(256, 0), (512, 0), (256, 1)])
+def test_moba_compiled_count_matches_xla(impl, seq_len, last_full):
+    """MoBA (and the layer-wise MoBA/full hybrid): our "compiled" count vs XLA.
+
+    At these sizes the xla path's work items fit one scan chunk, so XLA's
+    count-the-loop-body-once rule sees all of it."""
+    cfg = default_model_config()
+    cfg.update(SIZES["s"])
+    cfg.update(attention_pattern="moba", full_attention_last_n=last_full)
+    cfg.attention.moba.update(block_size=64, top_k=3, implementation=impl)
+    batch = 1
+    ours = flops.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
+    xla = xla_forward_flops(cfg, batch, seq_len)
+    assert abs(ours - xla) / xla < 0.05, f"ours {ours:.4g} vs XLA {xla:.4g}"

@@ -191,5 +191,11 @@ def test_plot_position_wise(tmp_path):
     assert res.fits["0k-2k"]["full"].a == pytest.approx(2.99, rel=1e-9)
     assert plots._bucket_ylabel("trailing") == "trailing LM loss"
     assert plots._bucket_ylabel("0k-2k") == "LM loss 0k-2k"
+    # Two runs are drawn as points without a law, with a warning naming bucket and arm.
+    with pytest.warns(AnalysisWarning, match="bucket 'x', arm 'moba'.*points drawn without a law"):
+        few = plots.plot_position_wise({"x": {"moba": ([1.0, 2.0], [3.0, 2.9])}}, tmp_path / "few")
+    assert few.fits["x"] == {} and few.paths[0].exists()
+    # Enough points that still cannot be fitted is an error naming bucket and arm.
     with pytest.raises(AnalysisError, match="bucket 'x', arm 'moba'"):
-        plots.plot_position_wise({"x": {"moba": ([1.0, 2.0], [3.0, 2.9])}}, tmp_path / "bad")
+        plots.plot_position_wise({"x": {"moba": ([1.0, 2.0, 3.0], [3.0, float("nan"), 2.9])}},
+                                 tmp_path / "bad")
