@@ -73,17 +73,6 @@ def mla_layer_params(d: int, heads: int) -> int:
     return d * heads * (hd + dr) + d * dc + dc + 2 * dc * heads * hd + d * dr + heads * hd * d
 
 
-def mla_non_embedding(d: int, layers: int, mlp: int) -> int:
-    """All-MLA model: attention + SwiGLU + two norms per layer, plus the final norm."""
-    return layers * (mla_layer_params(d, layers) + 3 * d * mlp + 2 * d) + d
-
-
-def mlp_width(target: float, d: int, layers: int) -> int:
-    """The multiple of 128 whose all-MLA count is closest to ``target``."""
-    per_layer = (target - d) / layers - mla_layer_params(d, layers) - 2 * d
-    return int(max(128, round(per_layer / (3 * d) / 128) * 128))
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = ml_collections.ConfigDict()
@@ -99,12 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                          attention=dict(kda=KDA, mla=dict(MLA, rope=False))),
     ))
     c.arms = "mla,kimi_linear"
-    sizes, budgets = {}, []
-    for (name, target, heads, d, tokens), lr in zip(TABLE, LRS):
-        mlp = mlp_width(target, d, heads)
-        sizes[name] = dict(d_model=d, n_layers=heads, n_heads=heads, n_kv_heads=heads,
-                           head_dim=HEAD_DIM, mlp_dim=mlp, lr=lr)
-        budgets.append(6.0 * mla_non_embedding(d, heads, mlp) * tokens)
+    sizes, budgets = lm.paper_sizes(TABLE, LRS, HEAD_DIM, mla_layer_params)
     c.size_defs = ml_collections.ConfigDict(sizes)
     c.sizes = ",".join(sizes)
     c.budgets = ",".join(f"{b:.6g}" for b in budgets)

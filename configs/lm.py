@@ -71,3 +71,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.eval.update(points=6, batches=2)
         c.data.max_docs = 400
     return c
+
+
+def paper_sizes(table, lrs, head_dim: int, attn_params) -> tuple[dict, list[float]]:
+    """Size definitions and 6ND budgets for a paper's scaling table.
+
+    ``table`` rows are ``(name, target non-embedding params, heads = layers,
+    hidden, tokens)``; ``attn_params(d, heads)`` is one attention layer's
+    parameter count. Papers rarely give the MLP width, so each size gets the
+    SwiGLU width (a multiple of 128) whose non-embedding count (attention +
+    SwiGLU + two norms per layer, plus the final norm, as analysis.flops counts)
+    is closest to the target. Budgets are ``6 N D`` with that N and the table's
+    tokens.
+    """
+    sizes, budgets = {}, []
+    for (name, target, heads, d, tokens), lr in zip(table, lrs):
+        per_layer = (target - d) / heads - attn_params(d, heads) - 2 * d
+        mlp = int(max(128, round(per_layer / (3 * d) / 128) * 128))
+        n = heads * (attn_params(d, heads) + 3 * d * mlp + 2 * d) + d
+        sizes[name] = dict(d_model=d, n_layers=heads, n_heads=heads, n_kv_heads=heads,
+                           head_dim=head_dim, mlp_dim=mlp, lr=lr)
+        budgets.append(6.0 * n * tokens)
+    return sizes, budgets

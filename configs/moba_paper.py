@@ -47,16 +47,10 @@ HEAD_DIM = 128
 LRS = (3e-4, 2.5e-4, 2e-4, 1.75e-4, 1.5e-4)
 
 
-def non_embedding(d: int, layers: int, mlp: int) -> int:
-    """SwiGLU + MHA + two norms per layer, plus the final norm (analysis.flops agrees)."""
-    return layers * (4 * d * d + 3 * d * mlp + 2 * d) + d
-
-
-def mlp_width(target: float, d: int, layers: int) -> int:
-    """The multiple of 128 whose parameter count is closest to ``target``."""
-    per_layer = (target - d) / layers - 4 * d * d - 2 * d
-    m = per_layer / (3 * d)
-    return int(max(128, round(m / 128) * 128))
+def mha_params(d: int, heads: int) -> int:
+    """One multi-head attention layer: W_q, W_k, W_v, W_o (heads * head_dim = d)."""
+    del heads
+    return 4 * d * d
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -78,12 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                            train=dict(switch_to_full_at=0.9)),
     ))
     c.arms = "full,moba"
-    sizes, budgets = {}, []
-    for (name, target, heads, d, tokens), lr in zip(TABLE1, LRS):
-        mlp = mlp_width(target, d, heads)
-        sizes[name] = dict(d_model=d, n_layers=heads, n_heads=heads, n_kv_heads=heads,
-                           head_dim=HEAD_DIM, mlp_dim=mlp, lr=lr)
-        budgets.append(6.0 * non_embedding(d, heads, mlp) * tokens)
+    sizes, budgets = lm.paper_sizes(TABLE1, LRS, HEAD_DIM, mha_params)
     c.size_defs = ml_collections.ConfigDict(sizes)
     c.sizes = ",".join(sizes)
     c.budgets = ",".join(f"{b:.6g}" for b in budgets)

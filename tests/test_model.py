@@ -18,11 +18,12 @@ def small_cfg(**kw):
 
 
 @pytest.mark.parametrize("impl", ["reference", "xla"])
-@pytest.mark.parametrize("pattern", ["full"])
+@pytest.mark.parametrize("pattern", ["full", "moba"])
 def test_causality(impl, pattern):
     """Logits at position t have zero gradient w.r.t. inputs after t (and non-zero before)."""
     cfg = small_cfg(attention_pattern=pattern)
-    cfg.attention.full.implementation = impl
+    cfg.attention[pattern].implementation = impl
+    cfg.attention.moba.update(block_size=4, top_k=2)   # several blocks in T = 12
     model = TransformerLM(cfg, rngs=nnx.Rngs(0))
     T = 12
     x = jax.random.normal(jax.random.key(1), (1, T, cfg.d_model))
