@@ -22,7 +22,6 @@ run carries on.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import time

@@ -3,7 +3,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -164,7 +163,7 @@ def test_sweep_mode_evaluates_every_run_and_feeds_position_wise_figure(tiny_swee
     data = evals.bucket_data
     assert [k for k in data] == ["0-32", "32-64", "64-96", "96-128", "trailing"]
     assert set(next(iter(data.values()))) == set(sweep.arms)
-    fig = plots.plot_position_wise(data, tmp_path / "position_wise.png")
+    plots.plot_position_wise(data, tmp_path / "position_wise.png")
     png = tmp_path / "position_wise.png"
     assert png.exists() and png.stat().st_size > 10_000
     # A second pass finds every run evaluated and skips the work.

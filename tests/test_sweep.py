@@ -1,6 +1,5 @@
 """The tiny compute-matched sweep end to end: table, figure, restart skips."""
 import csv
-import json
 import os
 
 import pytest

@@ -117,7 +117,6 @@ def unit_lower_solve(a, rhs):
 
 def _intra_chunk(q, k, v, G, beta):
   """Per-chunk matrices. Inputs ``[..., C, *]`` float32, beta ``[..., C]``."""
-  C = q.shape[-2]
   akk = beta[..., :, None] * decayed_scores(k, k, G, inclusive=False)
   aqk = decayed_scores(q, k, G, inclusive=True)
   rhs = jnp.concatenate([beta[..., None] * jnp.exp(G) * k, beta[..., None] * v], axis=-1)

@@ -12,7 +12,6 @@ Cost is ``O(T K V)`` sequential work, so use it for tests and small shapes only.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -100,7 +100,6 @@ def make_plan(slots_BTHK: jax.Array, geo: Geometry) -> Plan:
     """Builds the routing tables from ``selection.select_slots`` output."""
     b, t, hq, kk = slots_BTHK.shape
     g, r, n = geo.num_kv_heads, geo.group, geo.num_blocks
-    tile = geo.rows_per_tile
     blocks = jnp.where(slots_BTHK < 0, n, slots_BTHK).reshape(b, t, g, r, kk)
     blocks_BGP = blocks.transpose(0, 2, 1, 3, 4).reshape(b * g, geo.num_pairs)
     return jax.vmap(lambda x: _plan_one(x, geo))(blocks_BGP)

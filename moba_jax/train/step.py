@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moba_jax.sharding import constrain
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions")
 
