@@ -25,7 +25,6 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -86,12 +85,17 @@ def document_sequences(val_rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, 
     return rows, lengths
 
 
-def position_losses(loss_fn, params, rows: np.ndarray, batch_size: int, mesh,
-                    progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Summed loss and token count at every position, over all ``rows``."""
+def position_losses(loss_fn, params, rows: np.ndarray, full_length: np.ndarray, batch_size: int,
+                    mesh, progress: bool = False) -> tuple[np.ndarray, ...]:
+    """Summed loss and token count at every position in one pass over ``rows``.
+
+    Returns ``(total, count, full_total, full_count)``: the sums over all rows,
+    then over the rows flagged in ``full_length`` (those reaching the full
+    evaluation length, for the trailing loss).
+    """
     from moba_jax.data.packing import batch_from_rows
     seq_len = rows.shape[1] - 1
-    total, count = np.zeros(seq_len), np.zeros(seq_len)
+    sums = np.zeros((4, seq_len))
     sharding = NamedSharding(mesh, P(("data", "fsdp"), None))
     n_batches = -(-len(rows) // batch_size)
     it = range(n_batches)
@@ -100,14 +104,15 @@ def position_losses(loss_fn, params, rows: np.ndarray, batch_size: int, mesh,
         it = tqdm(it, desc="eval", unit="batch", leave=False)
     for b in it:
         chunk = rows[b * batch_size:(b + 1) * batch_size]
+        full = full_length[b * batch_size:(b + 1) * batch_size]
         if len(chunk) < batch_size:
-            chunk = np.concatenate([chunk, np.full((batch_size - len(chunk), seq_len + 1),
-                                                   PAD_ID, chunk.dtype)])
+            pad = batch_size - len(chunk)
+            chunk = np.concatenate([chunk, np.full((pad, seq_len + 1), PAD_ID, chunk.dtype)])
+            full = np.concatenate([full, np.zeros(pad, bool)])
         batch = {k: jax.device_put(v, sharding) for k, v in batch_from_rows(chunk).items()}
-        s, n = loss_fn(params, batch)
-        total += np.asarray(s, np.float64)
-        count += np.asarray(n, np.float64)
-    return total, count
+        loss_BL, mask_BL = (np.asarray(x, np.float64) for x in loss_fn(params, batch))
+        sums += [loss_BL.sum(0), mask_BL.sum(0), loss_BL[full].sum(0), mask_BL[full].sum(0)]
+    return tuple(sums)
 
 
 def bucketize(total: np.ndarray, count: np.ndarray, lengths: np.ndarray, bucket_size: int,
@@ -171,13 +176,11 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     spec = run.spec
     def loss_fn(params, batch):
         losses, mask = token_losses(spec, params, batch)
-        return jnp.sum(losses * mask, axis=0), jnp.sum(mask, axis=0)
+        return losses * mask, mask
     with shd.activation_sharding(mesh):
-        fn = jax.jit(loss_fn)
-        total, count = position_losses(fn, run.params, rows, int(e.batch_size), mesh, progress)
-        full = rows[lengths >= seq_len]
-        t_tot, t_cnt = (position_losses(fn, run.params, full, int(e.batch_size), mesh)
-                        if len(full) else (np.zeros(seq_len), np.zeros(seq_len)))
+        total, count, t_tot, t_cnt = position_losses(
+            jax.jit(loss_fn), run.params, rows, lengths >= seq_len, int(e.batch_size), mesh,
+            progress)
     trailing_loss = (float(t_tot[-trailing:].sum()), float(t_cnt[-trailing:].sum()))
     retrieval = run_probes(spec, run.params, data.val_rows, e, mesh)
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "step": run.step,
