@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,3 +35,22 @@ def tiny_overrides(**extra) -> list[str]:
     """Overrides shared by the training tests (fast, deterministic)."""
     kv = {"train.progress": "False", **extra}
     return [f"--config.{k}={v}" for k, v in kv.items()]
+
+
+def popen(module, *args):
+    """Starts ``python -m module args`` on 1 CPU device without waiting (pipes captured)."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_when(proc, metrics, min_step, sig=signal.SIGTERM, timeout=180):
+    """Sends ``sig`` once ``metrics`` logs a step >= ``min_step``; returns (rc, out, err)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(r["step"] >= min_step for r in read_jsonl(metrics)):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err

@@ -1,31 +1,10 @@
 """SIGTERM: checkpoint at the next step boundary, exit 75, resume on the same trajectory."""
 import os
-import signal
-import subprocess
-import sys
-import time
 
-from tests.helpers import REPO, read_jsonl, tiny_overrides
+from tests.helpers import popen, read_jsonl, signal_when, tiny_overrides
 from tests.test_train import assert_same_losses, losses, train_cli
 
 EXIT_PREEMPTED = 75
-
-
-def popen(module, *args):
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def signal_when(proc, metrics, min_step, sig=signal.SIGTERM, timeout=180):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= min_step for r in read_jsonl(metrics)):
-            proc.send_signal(sig)
-            break
-        time.sleep(0.01)
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def test_sigterm_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path):

@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, read_jsonl, run_cli, tiny_overrides
+from tests.helpers import REPO, popen, read_jsonl, run_cli, signal_when, tiny_overrides
 
 
 def train_cli(workdir, *extra, devices=1, check=True):
@@ -87,18 +86,10 @@ def test_sigkill_resume_matches_uninterrupted(tmp_path):
     train_cli(ref, *extra)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
-    args = [sys.executable, "-m", "experiments.train", "--config=configs/lm.py:tiny",
-            f"--workdir={killed}", *tiny_overrides(), *extra]
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = popen("experiments.train", "--config=configs/lm.py:tiny", f"--workdir={killed}",
+                 *tiny_overrides(), *extra)
     metrics = killed / "metrics.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= 130 for r in read_jsonl(metrics)):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
+    signal_when(proc, metrics, 130, sig=signal.SIGKILL, timeout=300)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (killed / "result.json").exists(), "a killed run must not look finished"
     last_logged = read_jsonl(metrics)[-1]["step"]
