@@ -208,7 +208,7 @@ register_attention_flops("mla", mla_params, _mla_flops)
 
 # --- KDA (Kimi Delta Attention) -------------------------------------------------
 
-KDA_SUB_CHUNK = 16   # kernels/kda/chunked.py: the sub-chunk of the stable score blocks
+KDA_SUB_CHUNK = 16   # kernels/kda/chunked.py: block size of the triangular inverse
 
 
 def kda_params(cfg) -> int:
@@ -237,36 +237,31 @@ def kda_core_exact_per_token(head_dim: int, chunk: int, seq_len: int) -> float:
     return 6.0 * head_dim ** 2 + 3.0 * c * head_dim + c * c
 
 
-def kda_scores_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> float:
-    """FLOPs of ``kernels.kda.chunked.decayed_scores`` on one ``[C, K]`` chunk as XLA
-    counts them: the off-diagonal sub-block product (computed dense, ``2 C^2 K``),
-    the masked decay factors of the off-diagonal blocks (``4 (C/s) C K``), the row
-    rescaling (``2 C K``), the pairwise diagonal blocks (``5 C s K``) and the masks."""
-    return 2.0 * c * c * k + 4.0 * (c // s) * c * k + 2.0 * c * k + 5.0 * c * s * k + c * s + c * c
+def kda_chunk_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> dict[str, float]:
+    """FLOPs of one chunk and head of ``kernels.kda.chunked.kda_chunked``'s forward
+    (K = V = k) on its usual branch, where each chunk's decayed score matrices are one
+    factorised product (leaf = the whole chunk; the branches for strong decays compute
+    less, and XLA's cost analysis also counts a conditional as its largest branch):
 
-
-def kda_chunk_compiled(c: int, k: int) -> dict[str, float]:
-    """FLOPs of one chunk and head of ``kernels.kda.chunked.kda_chunked`` (K = V = k):
-
-    - ``parallel``: everything outside the scan (q scaling, both score matrices, the
-      beta products, ``exp(G)`` rescalings). XLA merges common parts of the two
-      score computations, so this is 2-4% above what it reports;
-    - ``solve``: the unit lower-triangular solve for ``[W | U]`` by forward
-      substitution, a loop over the C rows of dense row products
-      (``kernels.kda.chunked.unit_lower_solve``): ``C (2 C (K + V) + (K + V))``.
-      XLA counts the loop body (one row) once;
-    - ``scan``: one step of the sequential scan over chunks (``W S``, ``Qg S``,
-      ``Aqk Vn`` dense, ``Kg^T Vn`` and the element-wise updates). XLA counts a
-      loop body once, whatever its trip count.
+    - ``parallel``: everything batched over chunks: the q scaling, the in-chunk
+      cumulative sum of g (XLA:CPU's cumsum lowering costs about 16 FLOPs per element),
+      both score matrices (``4 C^2 K``) with their factors and masks, the blocked
+      inverse ``(I + beta Akk)^-1`` (16 x 16 diagonal blocks by row updates, then block
+      rows), ``W`` and ``U`` (``4 C^2 K``) and the output ``(e^G q) S + Aqk Vn``;
+    - ``scan``: one step of the sequential scan over chunks (``W S`` and ``Kg^T Vn``
+      and the element-wise updates). XLA counts a loop body once, whatever its trip
+      count.
     """
-    parallel = (k * c                                   # q * scale
-                + 2 * kda_scores_compiled(c, k)         # Akk, Aqk
-                + 2 * c * c                             # beta * Akk, I + Akk
-                + 3 * c * k                             # beta exp(G) k, beta v
-                + 3 * c * k)                            # Qg, Kg (exp(G_last - G) k)
-    solve = c * (2.0 * c * 2 * k + 2.0 * k)
-    scan = 6.0 * c * k * k + 2.0 * c * c * k + 2.0 * c * k + 2.0 * k * k
-    return {"parallel": float(parallel), "solve": float(solve), "scan": float(scan)}
+    ns = c // s
+    scores = 4 * c * c * k + 6 * c * k + 2 * c * c
+    inverse = ((s - 1) * ns * (2 * s * s + s)
+               + sum(2 * s * (a * s) * c + 2 * s * s * c + s * c for a in range(1, ns)))
+    intra = c * c + 4 * c * c * k + 4 * c * k         # beta Akk; W, U; their right sides
+    decays = 4 * c * k                                  # G_last - G, e^G q, e^.. k
+    output = 2 * c * k * k + 2 * c * c * k + c * k
+    parallel = k * c + 16 * c * k + scores + inverse + intra + decays + output
+    scan = 4 * c * k * k + c * k + 2 * k * k
+    return {"parallel": float(parallel), "scan": float(scan)}
 
 
 def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
@@ -293,16 +288,15 @@ def _kda_flops(cfg, seq_len: int, convention: str) -> float:
 
 def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
     """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
-    not see: the scan body beyond its first trip and the substitution loop beyond
-    its first row. Used by the FLOP tests to compare like with like; see
-    ``kda_chunk_compiled``."""
+    not see: the scan body beyond its first trip. Used by the FLOP tests to compare
+    like with like; see ``kda_chunk_compiled``."""
     o = cfg.attention.kda
     if o.implementation != "xla":
         raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
     c = int(o.chunk_size)
     n = -(-seq_len // c)
     terms = kda_chunk_compiled(c, cfg.head_dim)
-    return cfg.n_heads * ((n - 1) * terms["scan"] + n * terms["solve"] * (c - 1) / c) / seq_len
+    return cfg.n_heads * (n - 1) * terms["scan"] / seq_len
 
 
 register_attention_flops("kda", kda_params, _kda_flops)

@@ -1,4 +1,4 @@
-"""Attention benchmark: dense causal attention vs MoBA (see ``kernels/bench.py``).
+"""Attention benchmark: dense causal attention vs MoBA and KDA (see ``kernels/bench.py``).
 
 CPU (default; about 10 minutes on 2 cores, most of it dense attention at 32K)::
 
@@ -46,7 +46,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.seq_lens = (2048, 4096, 8192, 16384, 32768)
     # implementation -> largest T it runs at (0: no limit).
     c.implementations = ml_collections.ConfigDict(
-        {"dense_xla": 0, "moba_xla": 0, "moba_reference": 4096})
+        {"dense_xla": 0, "moba_xla": 0, "moba_reference": 4096, "kda_xla": 0,
+         "kda_reference": 4096})
     c.fit_impls = ("moba_xla",)
     c.fit_range = (8192, 32768)
     # Accuracy check run before timing (off on CPU: the tests cover it).
@@ -60,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        num_warps=4, num_stages=2))
         c.seq_lens = (4096, 8192, 16384, 32768, 65536, 131072)
         c.implementations = ml_collections.ConfigDict(
-            {"dense_cudnn": 0, "dense_xla": 16384, "moba_pallas": 0, "moba_xla": 32768})
+            {"dense_cudnn": 0, "dense_xla": 16384, "moba_pallas": 0, "moba_xla": 32768,
+             "kda_xla": 0, "kda_pallas": 0})
         c.fit_impls = ("moba_pallas",)
         c.fit_range = (16384, 131072)
         c.check = ml_collections.ConfigDict(dict(impl="moba_pallas", against="moba_xla",
@@ -73,7 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        num_warps=4, num_stages=2))
         c.seq_lens = (256, 512)
         c.implementations = ml_collections.ConfigDict(
-            {"dense_xla": 0, "moba_xla": 0, "moba_reference": 512})
+            {"dense_xla": 0, "moba_xla": 0, "moba_reference": 512, "kda_xla": 0,
+             "kda_reference": 512})
         c.fit_range = (256, 512)
         c.check = ml_collections.ConfigDict(dict(impl="moba_xla", against="moba_reference",
                                                  seq_lens=(256,)))

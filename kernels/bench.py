@@ -1,4 +1,4 @@
-"""Attention benchmark: dense causal attention vs MoBA, forward and forward+backward.
+"""Attention benchmark: dense causal attention vs MoBA and KDA, forward and forward+backward.
 
 ``run(cfg, workdir)`` times every implementation in ``cfg.implementations`` at
 every length in ``cfg.seq_lens`` (median of ``cfg.iters`` runs after a warm-up
@@ -11,11 +11,17 @@ it is run at, ``0`` meaning no limit):
 
 * ``dense_xla`` / ``dense_cudnn``: ``jax.nn.dot_product_attention(is_causal=True)``
   with ``implementation="xla"`` / ``"cudnn"``;
-* ``moba_<impl>``: ``kernels.moba.moba_attention(implementation=<impl>)``.
+* ``moba_<impl>``: ``kernels.moba.moba_attention(implementation=<impl>)``;
+* ``kda_<impl>``: ``kernels.kda.kda(implementation=<impl>)`` (``reference``: the token
+  recurrence, ``xla``: chunked, ``pallas``) on the same q, k, v, with q and k
+  L2-normalised and a fixed decay ``g = -0.5 sigmoid(v - 2)`` (in ``[-0.5, 0]``, one per
+  key channel, so it needs ``head_dim`` equal for keys and values) and
+  ``beta = sigmoid(q[..., 0])``; gradients flow into q, k, v.
 
 FLOPs are the ones the computation *needs* (multiply-adds x 2, both matmuls):
 dense causal ``4 * D * T(T+1)/2`` per head forward; MoBA ``4 * D * sum_t (keys
-attended by t)``; backward counted as twice the forward.  Every failure (no
+attended by t)``; KDA kda.md's ``6 T D^2 + 3 T C D + T C^2`` (chunk ``C = 64``);
+backward counted as twice the forward.  Every failure (no
 cuDNN, out of memory, a kernel error) is caught, printed and recorded, and the
 run carries on.
 """
@@ -32,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kernels.kda import kda
 from kernels.moba import BlockSizes, moba_attention
 
 MODES = ("fwd", "fwd_bwd")
@@ -58,9 +65,20 @@ def moba_flops(seq_len: int, head_dim: int, block_size: int, top_k: int, heads: 
     return 4.0 * head_dim * heads * batch * moba_pairs(seq_len, block_size, top_k)
 
 
+KDA_CHUNK = 64
+
+
+def kda_flops(seq_len: int, head_dim: int, heads: int = 1, batch: int = 1) -> float:
+    """kda.md's forward cost of the chunked algorithm per head, times heads and batch."""
+    c, d = KDA_CHUNK, head_dim
+    return heads * batch * seq_len * (6.0 * d * d + 3.0 * c * d + c * c)
+
+
 def needed_flops(name: str, mode: str, cfg) -> Callable[[int], float]:
     def flops(t):
-        if name.startswith("dense"):
+        if name.startswith("kda"):
+            f = kda_flops(t, cfg.head_dim, cfg.num_heads, cfg.batch)
+        elif name.startswith("dense"):
             f = dense_causal_flops(t, cfg.head_dim, cfg.num_heads, cfg.batch)
         else:
             f = moba_flops(t, cfg.head_dim, cfg.block_size, cfg.top_k, cfg.num_heads,
@@ -83,8 +101,25 @@ def attention_fn(name: str, cfg) -> Callable[..., jax.Array]:
         return lambda q, k, v: moba_attention(q, k, v, block_size=cfg.block_size,
                                               top_k=cfg.top_k, implementation=impl,
                                               block_sizes=sizes)
-    raise ValueError(f"unknown implementation {name!r}; use dense_xla, dense_cudnn or "
-                     "moba_<reference|xla|pallas|pallas_tpu|pallas_gpu>.")
+    if name.startswith("kda_"):
+        return _kda_fn(name[len("kda_"):])
+    raise ValueError(f"unknown implementation {name!r}; use dense_xla, dense_cudnn, "
+                     "moba_<reference|xla|pallas|pallas_tpu|pallas_gpu> or "
+                     "kda_<reference|xla|pallas>.")
+
+
+def _kda_fn(impl: str) -> Callable[..., jax.Array]:
+    def l2(x):
+        x = x.astype(jnp.float32)
+        return x * jax.lax.rsqrt(jnp.einsum("...d,...d->...", x, x)[..., None] + 1e-6)
+
+    def f(q, k, v):
+        g = -0.5 * jax.nn.sigmoid(v.astype(jnp.float32) - 2.0)
+        beta = jax.nn.sigmoid(q[..., 0].astype(jnp.float32))
+        o, _ = kda(l2(q).astype(v.dtype), l2(k).astype(v.dtype), v, g, beta,
+                   chunk_size=KDA_CHUNK, implementation=impl)
+        return o
+    return f
 
 
 def timed_fn(name: str, mode: str, cfg) -> Callable[..., Any]:
@@ -138,11 +173,11 @@ def _lookup(results, name, mode, t):
 
 
 def speedups(results, cfg) -> list[dict]:
-    """MoBA time vs the fastest dense time at the same (mode, T)."""
+    """MoBA and KDA time vs the fastest dense time at the same (mode, T)."""
     out = []
     dense = [n for n in cfg.implementations if n.startswith("dense")]
     for r in results:
-        if not r["impl"].startswith("moba") or not r.get("time_s"):
+        if not r["impl"].startswith(("moba", "kda")) or not r.get("time_s"):
             continue
         base = [(_lookup(results, d, r["mode"], r["seq_len"]), d) for d in dense]
         base = [(t, d) for t, d in base if t]
@@ -261,7 +296,7 @@ def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
         json.dump(summary, f, indent=1, default=str)
     try:
         plot(results, os.path.join(workdir, "bench.png"),
-             f"causal attention vs MoBA ({jax.default_backend()}, {cfg.dtype}, "
+             f"causal attention vs MoBA / KDA ({jax.default_backend()}, {cfg.dtype}, "
              f"block {cfg.block_size}, top-{cfg.top_k})")
     except Exception as e:  # a missing plot should not lose the numbers
         log(f"plot failed: {_short_error(e)}")

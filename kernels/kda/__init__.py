@@ -74,8 +74,9 @@ def _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation):
     if initial_state.dtype != jnp.float32:
       raise ValueError(f"kda: initial_state has dtype {initial_state.dtype}; the state is "
                        "float32, pass initial_state.astype(jnp.float32).")
-  if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size % 16:
-    raise ValueError(f"kda: chunk_size={chunk_size!r} must be a positive multiple of 16.")
+  if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+    raise ValueError(f"kda: chunk_size={chunk_size!r} must be a power of two >= 16 "
+                     "(e.g. 64, the default).")
   # Value checks need concrete arrays; under jit/grad tracing they are skipped.
   if _is_concrete(g):
     g_np = np.asarray(jnp.asarray(g, jnp.float32))
@@ -104,8 +105,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
     scale: multiplies q; defaults to ``K ** -0.5``.
     initial_state: optional float32 ``[B, H, K, V]``.
     output_final_state: also return the float32 state after the last token.
-    chunk_size: chunk length of the xla/pallas paths (multiple of 16; pallas also needs a
-      power of two <= 128).
+    chunk_size: chunk length of the xla/pallas paths, a power of two >= 16 (pallas also
+      needs it <= 128).
     implementation: ``"reference" | "xla" | "pallas"``.
     interpret: pallas only; ``None`` picks interpret mode on CPU (logged once).
 

@@ -1,4 +1,4 @@
-"""Chunkwise-parallel KDA in plain XLA (``implementation="xla"``).
+"""Chunkwise-parallel KDA in plain XLA (``implementation="xla"``), with its own backward.
 
 The recurrence (see ``reference.py``) is sequential in T. The chunked form turns most of
 the work into dense matrix products. Cut the sequence into chunks of ``C`` tokens
@@ -10,43 +10,68 @@ the work into dense matrix products. Cut the sequence into chunks of ``C`` token
       Akk[i, j] = beta_i * sum_d k_id k_jd exp(G_id - G_jd)      (j <  i)
       Aqk[i, j] =          sum_d q_id k_jd exp(G_id - G_jd)      (j <= i)
 
-* the delta rule inside a chunk is a unit lower-triangular system: with
-  ``T = (I + Akk)^-1``, ``W = T (beta exp(G) k)`` and ``U = T (beta v)`` (computed here
-  by forward substitution on the right-hand sides ``[beta exp(G) k | beta v]``; the
-  Pallas kernels form T itself);
+* the delta rule inside a chunk is a unit lower-triangular system:
+  ``T = (I + Akk)^-1`` (block forward substitution, see ``unit_lower_inverse``),
+  ``W = T (beta exp(G) k)`` and ``U = T (beta v)``;
 
 * a short sequential scan over chunks carries the float32 state ``S`` (``K x V``):
 
       Vn = U - W S                          # values minus what S already predicts
+      S' = exp(G_last)[:, None] S + (exp(G_last - G) k)^T Vn
+
+  and, once every chunk's start state ``S`` and ``Vn`` are known, all chunks at once:
+
       O  = (exp(G) q) S + Aqk Vn            # inter-chunk part + intra-chunk part
-      S  = exp(G_last)[:, None] S + (exp(G_last - G) k)^T Vn
 
-All chunks' score matrices and triangular solves run in parallel; only the last step is
-a scan, over ``T / C`` chunks instead of ``T`` tokens.
+Only the state update is a scan, over ``T / C`` chunks instead of ``T`` tokens; the score
+matrices, the inverses and the outputs are batched over all chunks.
 
-Stability trick. ``exp(G_i - G_j)`` for ``j <= i`` is at most 1, but ``exp(G_i)`` and
+Stability. ``exp(G_i - G_j)`` for ``j <= i`` is at most 1, but ``exp(G_i)`` and
 ``exp(-G_j)`` separately are not: with strong decay (g ~ -10 per step) ``-G_j`` reaches
-hundreds inside a chunk and ``exp(-G_j)`` overflows float32. So we never factor the
-whole chunk through its start. The chunk is cut into sub-chunks of 16 rows. For a block
-of rows ``a`` and an earlier block of columns ``b < a`` we pick a reference row ``r``,
-the first row of block ``a``; every column token ``j`` of block ``b`` comes before
-``r`` and every row token ``i`` of block ``a`` is at or after it, so
+hundreds inside a chunk and ``exp(-G_j)`` overflows float32. The decayed products are
+therefore built from blocks that are each factored through a *reference row* ``r``:
 
-      exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j)      with both exponents <= 0,
+      exp(G_i - G_j) = exp(G_i - G_r) * exp(G_r - G_j).
 
-and the block becomes one matrix product of two well-scaled factors. Diagonal blocks
-(``a == b``) have no such row; they are computed pairwise, ``exp(G_i - G_j)`` for every
-``(i, j, d)`` of the 16 x 16 block, masked to ``j <= i`` before exponentiating.
+kda.md's scheme (what the Pallas kernels do) uses sub-chunks of 16: a block of rows
+``a`` and an earlier block of columns go through the first row of ``a`` (both exponents
+``<= 0``), and the 16 x 16 diagonal blocks are computed pairwise. Here the same
+factorisation is applied recursively, because the pairwise ``[16, 16, K]`` tensors cost
+far more than matrix products on CPU. Level by level (``b = C/2, C/4, ..., 1``), the
+lower-left ``b x b`` quadrant of every ``2b`` diagonal block is one product through the
+first row of its lower half; both exponents are again ``<= 0`` (``level_factors``), and
+what is left at the bottom is the diagonal itself, ``exp(0) = 1``. This is exact for any
+decay: nothing is formed with a positive exponent.
+
+Fast path. The recursion stops early at a *leaf* block size ``s`` (the whole chunk, else
+16) when every leaf block's log-decay span ``G_first - G_last`` is at most
+``LEAF_SPAN_MAX = 40`` in every channel. Such a leaf is one product through its first
+row, whose factors lie in ``[exp(-40), exp(40)]``: no overflow, no underflow, and the
+same rounding as the exact form (each output entry is a uniformly rescaled sum of the
+same terms). ``leaf_index`` picks the largest safe leaf from the data; ``lax.switch``
+runs only that branch; strong decays fall back to the exact recursion (leaf 1). Mild
+decays, as in training, take the fast path; the tests cover every branch.
+
+Backward. ``jax.grad`` of this path does not differentiate through the forward ops:
+``_chunked_core`` is a ``custom_vjp`` with the hand-derived backward of kda.md (the same
+math as the Pallas kernels, batched over chunks): a reverse scan over chunks for the
+state gradient ``dS``, then, in parallel over chunks, ``dA = -T^T dT T^T`` on the strict
+lower triangle and the gradients of the decayed score matrices, which are again decayed
+products evaluated over the same blocks and factors. Residuals are the inputs
+and the per-chunk ``T``, score matrices, ``W``, start states and ``Vn`` (about three
+times the size of q, k, v together), so nothing is recomputed but the decay factors.
+The cumulative sum ``G = cumsum(g)``, the q scaling and the padding stay outside the
+``custom_vjp``; autodiff turns ``dG`` into ``dg`` (a reverse cumulative sum per chunk).
 
 Padding. ``T`` that is not a multiple of ``C`` is padded at the end with ``g = 0``,
 ``beta = 0`` and ``q = k = v = 0``. Such a token leaves the state untouched (decay
 ``exp(0) = 1``, zero write strength, zero key) and its zero key contributes nothing to
 any score, so real outputs and the final state are unchanged; padded outputs are sliced
-off. Gradients come from JAX autodiff through this function; on accelerators the
-intra-chunk part is rematerialised (``jax.checkpoint``) so the pairwise diagonal-block
-tensors are not kept for the backward pass (see the note in ``kda_chunked``).
+off.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,70 +85,375 @@ def _einsum(spec, *operands):
   return jnp.einsum(spec, *operands, precision=_HIGHEST)
 
 
-def decayed_scores(x, y, G, *, inclusive: bool):
+def _tril(x, *, strict: bool):
+  n = x.shape[-1]
+  i = jnp.arange(n)
+  keep = (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
+  return jnp.where(keep, x, 0.0)
+
+
+# ----------------------------------------------------------------------------- decays
+# Largest log-decay span a leaf block may have for its single-reference factorisation:
+# its factors then stay within [exp(-40), exp(40)], far from float32 over- and underflow.
+LEAF_SPAN_MAX = 40.0
+
+
+def _halves(x, b):
+  """``[..., C, D] -> (rows, cols)``, each ``[..., C / 2b, b, D]``: in every block of
+  ``2b`` tokens, its second half (rows of the lower-left quadrant) and its first half
+  (columns of that quadrant)."""
+  *lead, C, D = x.shape
+  x = x.reshape(*lead, C // (2 * b), 2, b, D)
+  return x[..., 1, :, :], x[..., 0, :, :]
+
+
+def _join_halves(rows, cols):
+  """Inverse of ``_halves``: ``[..., nq, b, D]`` twice -> ``[..., 2 b nq, D]``."""
+  *lead, nq, b, D = rows.shape
+  return jnp.stack([cols, rows], axis=-3).reshape(*lead, 2 * b * nq, D)
+
+
+def _blocks(x, s):
+  *lead, C, D = x.shape
+  return x.reshape(*lead, C // s, s, D)
+
+
+def level_factors(G, b, g=None):
+  """Decay factors of the level-``b`` quadrants through their reference rows.
+
+  ``G [..., C, K]`` non-increasing along C. For every block of ``2b`` tokens with
+  reference row ``r`` (the first row of its second half) returns
+  ``L [..., nq, b, K] = exp(G_i - G_r)`` for the rows ``i >= r`` and
+  ``R [..., nq, b, K] = exp(G_r - G_j)`` for the columns ``j < r``, so that
+  ``exp(G_i - G_j) = L_i R_j`` with both exponents ``<= 0``.
+
+  With ``g`` (the per-token log-decays, ``G = cumsum(g)``) the exponents are summed
+  locally, ``G_i - G_r = g_{r+1} + ... + g_i``, instead of taken as differences of
+  ``G``: with strong decays ``|G|`` reaches hundreds inside a chunk and the difference
+  of two such values keeps only ``|G| * 6e-8`` absolute accuracy."""
+  if g is None:
+    G_rows, G_cols = _halves(G, b)
+    G_ref = G_rows[..., :1, :]
+    return jnp.exp(G_rows - G_ref), jnp.exp(G_ref - G_cols)
+  g_rows, g_cols = _halves(g, b)
+  g_ref = g_rows[..., :1, :]
+  rows = jnp.cumsum(g_rows, axis=-2) - g_ref                    # G_i - G_r
+  cols = lax.cumsum(g_cols, axis=g_cols.ndim - 2, reverse=True) - g_cols + g_ref  # G_r - G_j
+  return jnp.exp(rows), jnp.exp(cols)
+
+
+def leaf_factors(G, s):
+  """Factors of the ``s x s`` diagonal (leaf) blocks through their first rows ``r``:
+  ``L = exp(G_i - G_r) <= 1`` and ``R = exp(G_r - G_j) >= 1``, ``[..., C / s, s, K]``.
+  ``exp(G_i - G_j) = L_i R_j``; finite only while the block's span ``G_r - G_last``
+  is moderate (``leaf_for``)."""
+  Gb = _blocks(G, s)
+  G_ref = Gb[..., :1, :]
+  return jnp.exp(Gb - G_ref), jnp.exp(G_ref - Gb)
+
+
+def _levels(C, leaf):
+  b = leaf
+  while b < C:
+    yield b
+    b *= 2
+
+
+def leaf_sizes(C):
+  """Leaf sizes tried, fastest first: the whole chunk, 16, and 1 (always exact)."""
+  return tuple(dict.fromkeys(s for s in (C, SUB_CHUNK, 1) if s <= C))
+
+
+def leaf_index(G):
+  """Index into ``leaf_sizes(C)`` of the largest leaf whose blocks all have a log-decay
+  span ``<= LEAF_SPAN_MAX`` (a traced int32 scalar; the last entry, 1, always fits)."""
+  sizes = leaf_sizes(G.shape[-2])
+  idx = jnp.int32(len(sizes) - 1)
+  for i in reversed(range(len(sizes) - 1)):
+    Gb = _blocks(G, sizes[i])
+    span = jnp.max(Gb[..., 0, :] - Gb[..., -1, :])
+    idx = jnp.where(span <= LEAF_SPAN_MAX, jnp.int32(i), idx)
+  return idx
+
+
+def _diag_blocks(M, s):
+  """``[..., C, C] -> [..., C / s, s, s]``: the ``s x s`` blocks on the diagonal."""
+  *lead, C, _ = M.shape
+  blocks = jnp.diagonal(M.reshape(*lead, C // s, s, C // s, s), axis1=-4, axis2=-2)
+  return jnp.moveaxis(blocks, -1, -3)
+
+
+def _quadrants(M, b):
+  """Lower-left ``b x b`` quadrants of the ``2b`` diagonal blocks of ``M [..., C, C]``."""
+  return _diag_blocks(M, 2 * b)[..., b:, :b]  # [..., nq, b, b]
+
+
+# Quadrants of at most this size are formed with element-wise products: XLA:CPU runs
+# batched dots of 1x1 and 2x2 blocks several times slower than the same arithmetic as
+# broadcasts.
+_SMALL = 2
+
+
+def _block_scores(a, b):
+  """``Q[..., i, j] = sum_d a[..., i, d] b[..., j, d]`` for ``[..., nq, s, K]`` operands."""
+  if a.shape[-2] <= _SMALL:
+    ones = jnp.ones((a.shape[-1],), a.dtype)
+    return _einsum("...ijd,d->...ij", a[..., :, None, :] * b[..., None, :, :], ones)
+  return _einsum("...qid,...qjd->...qij", a, b)
+
+
+def _tri_mask(s, strict):
+  i = jnp.arange(s)
+  return (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
+
+
+def decayed_scores(x, y, G, *, inclusive: bool, leaf: int = 1):
   """``A[i, j] = sum_d x_id y_jd exp(G_id - G_jd)`` on the lower triangle of each chunk.
 
-  ``x, y, G``: ``[..., C, K]`` (G the within-chunk cumulative log-decay, non-increasing
-  along C). Returns ``[..., C, C]``, zero above the diagonal (and on it unless
-  ``inclusive``). Never forms ``exp(+G)``; see the module docstring.
+  ``x, y, G``: ``[..., C, K]`` (G non-increasing along C, C a power of two). Returns
+  ``[..., C, C]``, zero above the diagonal (and on it unless ``inclusive``). With the
+  default ``leaf=1`` it never forms a positive exponent: see ``_scores``.
   """
-  *lead, C, K = x.shape
+  return _scores((x,), y, G, strict=(not inclusive,), leaf=leaf)[0]
+
+
+def _scores(xs, y, G, *, strict, leaf, g=None):
+  """Decayed scores of row operands ``xs`` (tuple of ``[..., C, K]``) against one column
+  operand ``y [..., C, K]``; ``strict``: one flag per row operand (strict or inclusive
+  lower triangle). Returns a tuple of ``[..., C, C]``.
+
+  The ``leaf x leaf`` diagonal blocks come first, each one product through its first row
+  (``leaf_factors``; for ``leaf=1`` just ``x_i . y_i``). Then, level by level
+  (``b = leaf, 2 leaf, ..., C/2``), the lower-left quadrant of every ``2b`` block is one
+  product of the factors ``x L`` and ``y R`` (``level_factors``), placed between the two
+  ``b`` blocks finished before."""
+  C = y.shape[-2]
+  if leaf == 1:
+    out = [jnp.zeros(x.shape[:-1] + (1, 1), x.dtype) if st
+           else _einsum("...cd,...cd->...c", x, y)[..., None, None] for x, st in zip(xs, strict)]
+  else:
+    L, R = leaf_factors(G, leaf)
+    yR = _blocks(y, leaf) * R
+    out = [jnp.where(_tri_mask(leaf, st), _block_scores(_blocks(x, leaf) * L, yR), 0.0)
+           for x, st in zip(xs, strict)]
+  for b in _levels(C, leaf):
+    L, R = level_factors(G, b, g)
+    y_cols = _halves(y, b)[1] * R
+    for n, x in enumerate(xs):
+      Q = _block_scores(_halves(x, b)[0] * L, y_cols)  # [..., nq, b, b]
+      *lead, nb, _, _ = out[n].shape
+      pairs = out[n].reshape(*lead, nb // 2, 2, b, b)
+      top, bottom = pairs[..., 0, :, :], pairs[..., 1, :, :]
+      out[n] = jnp.concatenate([jnp.concatenate([top, jnp.zeros_like(top)], axis=-1),
+                                jnp.concatenate([Q, bottom], axis=-1)], axis=-2)
+  return tuple(D[..., 0, :, :] for D in out)
+
+
+def _decayed_row_col(Ms, xs, y, G, *, leaf, g=None):
+  """Cotangents of decayed score matrices.
+
+  For lower-triangular ``Ms`` (tuple of ``[..., C, C]``, one per score matrix, all with
+  column operand ``y``) and their row operands ``xs`` returns
+
+  * ``rows``: per matrix ``row_i = sum_j M_ij y_j exp(G_i - G_j)``,
+  * ``col``: ``sum_n sum_i M^n_ij x^n_i exp(G_i - G_j)`` (summed over the matrices, as
+    their gradients add up),
+
+  all ``[..., C, K]``, over the same blocks as ``_scores``: the leaf blocks, then every
+  quadrant through its reference row (``row = L (M_Q (y R))``, ``col = R (M_Q^T (x L))``).
+  """
+  C = y.shape[-2]
+  if leaf == 1:
+    diags = [jnp.diagonal(M, axis1=-2, axis2=-1)[..., None] for M in Ms]  # [..., C, 1]
+    rows = [[m * y] for m in diags]
+    cols = [sum(m * x for m, x in zip(diags, xs))]
+  else:
+    L, R = leaf_factors(G, leaf)
+    yR = _blocks(y, leaf) * R
+    rows, c = [], 0.0
+    for M, x in zip(Ms, xs):
+      Mb = _diag_blocks(M, leaf)
+      rows.append([(L * _einsum("...qij,...qjd->...qid", Mb, yR)).reshape(y.shape)])
+      c = c + _einsum("...qij,...qid->...qjd", Mb, _blocks(x, leaf) * L)
+    cols = [(R * c).reshape(y.shape)]
+  for b in _levels(C, leaf):
+    L, R = level_factors(G, b, g)
+    yR = _halves(y, b)[1] * R
+    c = 0.0
+    for n, (M, x) in enumerate(zip(Ms, xs)):
+      MQ = _quadrants(M, b)  # [..., nq, b, b]
+      xL = _halves(x, b)[0] * L
+      if b <= _SMALL:  # element-wise, see _SMALL
+        r = sum(MQ[..., :, j, None] * yR[..., None, j, :] for j in range(b))
+        c = c + sum(MQ[..., i, :, None] * xL[..., i, None, :] for i in range(b))
+      else:
+        r = _einsum("...qij,...qjd->...qid", MQ, yR)
+        c = c + _einsum("...qij,...qid->...qjd", MQ, xL)
+      rows[n].append(_join_halves(L * r, jnp.zeros_like(r)))
+    cols.append(_join_halves(jnp.zeros_like(c), R * c))
+  # One sum at the end (XLA fuses it into a single pass; accumulating level by level
+  # copied the full-size accumulators once per level).
+  return [sum(r) for r in rows], sum(cols)
+
+
+def _switch_leaf(G, g, fn, *args):
+  """``fn(*args, leaf=s)`` with ``s`` the largest safe leaf size (``leaf_index``); a
+  ``lax.switch``, so only the chosen branch runs. The exact branch (leaf 1, strong
+  decays) also gets ``g`` for its locally summed exponents (``level_factors``)."""
+  sizes = leaf_sizes(G.shape[-2])
+  branches = [lambda a, s=s: fn(*a, leaf=s, g=g if s == 1 else None) for s in sizes]
+  return lax.switch(leaf_index(G), branches, args)
+
+
+# ----------------------------------------------------------------------------- solve
+def unit_lower_inverse(A):
+  """``(I + A)^-1`` for strictly lower-triangular ``A [..., C, C]``.
+
+  Block forward substitution: each 16 x 16 diagonal block is inverted row by row
+  (``X_i = e_i - A_i X``, rows before i already final), then block rows are filled in
+  order, ``T_a = X_aa (E_a - A_{a,<a} T_{<a})``. Plain batched products; no LAPACK
+  (on CPU ``lax.linalg.triangular_solve`` goes through scipy's OpenBLAS, whose thread
+  pool can deadlock when XLA calls it from several threads at once).
+  """
+  *lead, C, _ = A.shape
   ns, s = C // SUB_CHUNK, SUB_CHUNK
-  xs = x.reshape(*lead, ns, s, K)
-  ys = y.reshape(*lead, ns, s, K)
-  Gs = G.reshape(*lead, ns, s, K)
-  G_ref = Gs[..., :, :1, :]  # first row of every row block: [..., ns, 1, K]
-
-  # Off-diagonal blocks (column block b strictly before row block a).
-  x_left = xs * jnp.exp(Gs - G_ref)  # exponent <= 0
-  blk = jnp.arange(ns)
-  below = (blk[None, :] < blk[:, None])[:, :, None, None]  # [a, b, 1, 1]
-  expo = G_ref[..., :, None, :, :] - Gs[..., None, :, :, :]  # [..., a, b, s, K]
-  y_right = jnp.where(below, ys[..., None, :, :, :] * jnp.exp(jnp.where(below, expo, 0.0)), 0.0)
-  off = _einsum("...aik,...abjk->...aibj", x_left, y_right)  # [..., a, s, b, s]
-
-  # Diagonal blocks, pairwise and masked before the exponential.
-  i = jnp.arange(s)
-  tri = (i[None, :] <= i[:, None]) if inclusive else (i[None, :] < i[:, None])  # [i, j]
-  pair = Gs[..., :, :, None, :] - Gs[..., :, None, :, :]  # [..., a, i, j, K]
-  decay = jnp.exp(jnp.where(tri[..., None], pair, 0.0))
-  diag = jnp.sum(xs[..., :, :, None, :] * ys[..., :, None, :, :] * decay, axis=-1)
-  diag = jnp.where(tri, diag, 0.0)  # [..., a, i, j]
-
-  eye_blk = jnp.eye(ns, dtype=bool)[:, None, :, None]  # [a, 1, b, 1]
-  full = jnp.where(eye_blk, diag[..., :, :, None, :], off)  # diag broadcast over b
-  return full.reshape(*lead, C, C)
+  Ad = _diag_blocks(A, s)  # [..., ns, s, s]
+  X = jnp.broadcast_to(jnp.eye(s, dtype=A.dtype), Ad.shape)
+  for i in range(1, s):
+    x_i = X[..., i, :] - _einsum("...m,...mn->...n", Ad[..., i, :], X)
+    X = X.at[..., i, :].set(x_i)
+  rows = []  # block rows of T, each [..., s, C]
+  for a in range(ns):
+    X_aa = X[..., a, :, :]
+    lo, hi = a * s, (a + 1) * s
+    diag_part = jnp.pad(X_aa, [(0, 0)] * len(lead) + [(0, 0), (lo, C - hi)])
+    if a == 0:
+      rows.append(diag_part)
+      continue
+    T_prev = jnp.concatenate(rows, axis=-2)  # [..., lo, C]
+    rhs = _einsum("...ij,...jn->...in", A[..., lo:hi, :lo], T_prev)
+    rows.append(diag_part - _einsum("...ij,...jn->...in", X_aa, rhs))
+  return jnp.concatenate(rows, axis=-2)
 
 
-def unit_lower_solve(a, rhs):
-  """Solves ``(I + a) x = rhs`` for strictly lower-triangular ``a [..., C, C]``.
-
-  Forward substitution as a loop of row updates (``x_i = rhs_i - a_i x``; entries
-  of ``a`` on and above the diagonal are zero, so rows not yet solved do not
-  contribute). Written with plain ops rather than ``lax.linalg.triangular_solve``:
-  on CPU that lowers to LAPACK through scipy's OpenBLAS, whose thread pool can
-  deadlock when XLA calls it from several threads at once (seen in training).
-  """
-  C = a.shape[-1]
-
-  def row(i, x):
-    a_i = lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=True)        # [..., 1, C]
-    r_i = lax.dynamic_index_in_dim(rhs, i, axis=-2, keepdims=True)      # [..., 1, N]
-    x_i = r_i - jnp.einsum("...ij,...jn->...in", a_i, x, precision=lax.Precision.HIGHEST)
-    return lax.dynamic_update_index_in_dim(x, x_i, i, axis=-2)
-
-  return lax.fori_loop(0, C, row, rhs)
+# ----------------------------------------------------------------------------- core
+def _intra_forward(q, k, v, G, g, beta):
+  """Per-chunk matrices; inputs ``[..., C, *]`` float32 (q already scaled), beta
+  ``[..., C]``. Returns ``Akk_raw`` (strict, without beta), ``Aqk``, ``T``, ``W``, ``U``."""
+  akk_raw, aqk = _switch_leaf(G, g, functools.partial(_scores, strict=(True, False)),
+                              (k, q), k, G)
+  T = unit_lower_inverse(beta[..., :, None] * akk_raw)
+  b = beta[..., None]
+  W = _einsum("...ij,...jd->...id", T, b * jnp.exp(G) * k)
+  U = _einsum("...ij,...jd->...id", T, b * v)
+  return akk_raw, aqk, T, W, U
 
 
-def _intra_chunk(q, k, v, G, beta):
-  """Per-chunk matrices. Inputs ``[..., C, *]`` float32, beta ``[..., C]``."""
-  akk = beta[..., :, None] * decayed_scores(k, k, G, inclusive=False)
-  aqk = decayed_scores(q, k, G, inclusive=True)
-  rhs = jnp.concatenate([beta[..., None] * jnp.exp(G) * k, beta[..., None] * v], axis=-1)
-  # (I + Akk) [W | U] = rhs; unit lower triangular -> forward substitution.
-  wu = unit_lower_solve(akk, rhs)
-  K = k.shape[-1]
-  return wu[..., :K], wu[..., K:], aqk
+def _state_forward(W, U, Kg, decay, S0):
+  """Scan over chunks; returns the final state and, per chunk, its start state and Vn."""
+
+  def step(S, xs):
+    W_c, U_c, Kg_c, decay_c = xs
+    Vn = U_c - _einsum("bhck,bhkv->bhcv", W_c, S)
+    S_next = decay_c[..., :, None] * S + _einsum("bhck,bhcv->bhkv", Kg_c, Vn)
+    return S_next, (S, Vn)
+
+  S_T, (h, Vn) = lax.scan(step, S0, (W, U, Kg, decay))
+  return S_T, h, Vn
+
+
+def _decays(G, g):
+  """``exp(G)``, ``exp(G_last - G)`` (``[..., C, K]``) and ``exp(G_last)`` (``[..., K]``).
+
+  With strong decays (the exact branch of ``leaf_index``) ``G_last - G`` is summed
+  locally from ``g`` (see ``level_factors``)."""
+  G_last = G[..., -1:, :]
+  exact = leaf_index(G) == len(leaf_sizes(G.shape[-2])) - 1
+  suffix = lax.cond(exact,
+                    lambda: lax.cumsum(g, axis=g.ndim - 2, reverse=True) - g,
+                    lambda: G_last - G)
+  return jnp.exp(G), jnp.exp(suffix), jnp.exp(G_last[..., 0, :])
+
+
+@jax.custom_vjp
+def _chunked_core(q, k, v, G, g, beta, S0):
+  """Chunk-major ``[N, B, H, C, *]`` float32 chunks (q scaled, G the in-chunk cumulative
+  log-decay; chunk-major so the scans over chunks need no transposes) ->
+  ``(O [N, B, H, C, V], S_T [B, H, K, V])``."""
+  return _core_fwd(q, k, v, G, g, beta, S0)[0]
+
+
+def _core_fwd(q, k, v, G, g, beta, S0):
+  akk_raw, aqk, T, W, U = _intra_forward(q, k, v, G, g, beta)
+  eG, kdec, decay = _decays(G, g)
+  S_T, h, Vn = _state_forward(W, U, k * kdec, decay, S0)
+  O = _einsum("...ck,...kv->...cv", q * eG, h) + _einsum("...ij,...jv->...iv", aqk, Vn)
+  return (O, S_T), (q, k, v, G, g, beta, akk_raw, aqk, T, W, h, Vn)
+
+
+def _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO, dS_end, dVn):
+  """Everything of the backward after the reverse state scan, batched over chunks:
+  gradients through the state pass's inputs, then through ``T`` and the scores."""
+  eG, kdec, decay = _decays(G, g)
+  Qg, Kg = q * eG, k * kdec
+  daqk = _tril(_einsum("...iv,...jv->...ij", dO, Vn), strict=False)
+  dqg = _einsum("...cv,...kv->...ck", dO, h)
+  dkg = _einsum("...cv,...kv->...ck", Vn, dS_end)
+  ddecay = _einsum("...kv,...kv->...k", h, dS_end)
+  dW = -_einsum("...cv,...kv->...ck", dVn, h)
+  dU = dVn
+  dq = eG * dqg
+  dk = kdec * dkg
+  dG = Qg * dqg - Kg * dkg
+  last = _einsum("...ck,...ck->...k", Kg, dkg) + ddecay * decay  # through G_last
+  dG = dG.at[..., -1, :].add(last)
+
+  # Intra-chunk: W = T (beta e^G k), U = T (beta v), T = (I + beta Akk_raw)^-1.
+  b = beta[..., None]
+  bk, bv = b * eG * k, b * v
+  dT = _tril(_einsum("...iv,...jv->...ij", dU, bv) + _einsum("...id,...jd->...ij", dW, bk),
+             strict=False)
+  d_bv = _einsum("...ji,...jv->...iv", T, dU)
+  d_bk = _einsum("...ji,...jd->...id", T, dW)
+  dA = _tril(-_einsum("...ji,...jk->...ik", T, _einsum("...ij,...kj->...ik", dT, T)), strict=True)
+  dbeta = (_einsum("...cv,...cv->...c", v, d_bv) + _einsum("...ck,...ck->...c", eG * k, d_bk)
+           + _einsum("...ij,...ij->...i", dA, akk_raw))
+  dv = b * d_bv
+  dk = dk + b * eG * d_bk
+  dG = dG + bk * d_bk
+  # Decayed scores: Akk_raw (rows and columns k, cotangent beta dA), Aqk (rows q,
+  # columns k, cotangent dAqk).
+  (kk_row, qk_row), col = _switch_leaf(G, g, _decayed_row_col, (b * dA, daqk), (k, q), k, G)
+  dk = dk + kk_row + col
+  dq = dq + qk_row
+  dG = dG + k * kk_row + q * qk_row - k * col
+  return dq, dk, dv, dG, dbeta
+
+
+def _core_bwd(res, cts):
+  q, k, v, G, g, beta, akk_raw, aqk, T, W, h, Vn = res
+  dO, dS_T = cts
+  eG, kdec, decay = _decays(G, g)
+  # State pass, reverse over chunks. dS is the gradient of the state at a chunk's end:
+  #   dVn = Aqk^T dO + Kg dS,   dS_start = decay dS + Qg^T dO - W^T dVn.
+  P = _einsum("...ji,...jv->...iv", aqk, dO)
+  QdO = _einsum("...ck,...cv->...kv", q * eG, dO)
+
+  def step(dS, xs):
+    P_c, QdO_c, Kg_c, W_c, decay_c = xs
+    dVn = P_c + _einsum("bhck,bhkv->bhcv", Kg_c, dS)
+    dS_start = decay_c[..., :, None] * dS + QdO_c - _einsum("bhck,bhcv->bhkv", W_c, dVn)
+    return dS_start, (dS, dVn)
+
+  dS0, (dS_end, dVn) = lax.scan(step, dS_T, (P, QdO, k * kdec, W, decay), reverse=True)
+  dq, dk, dv, dG, dbeta = _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO,
+                                        dS_end, dVn)
+  # g only sharpens the evaluation of functions of G (see level_factors); the whole
+  # gradient flows through G.
+  return dq, dk, dv, dG, jnp.zeros_like(g), dbeta, dS0
+
+
+_chunked_core.defvjp(_core_fwd, _core_bwd)
 
 
 def pad_to_chunks(T: int, chunk_size: int) -> int:
@@ -140,42 +470,21 @@ def kda_chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_stat
   pad = pad_to_chunks(T, C)
   N = (T + pad) // C
 
-  def to_chunks(x):  # [B, T, H, D] -> [B, H, N, C, D] float32, zero-padded in T
+  def to_chunks(x, cumsum=False):  # [B, T, H, (D)] -> [N, B, H, C, (D)] float32
     x = x.astype(f32)
-    if pad:
+    if pad:  # zero-padded in T
       x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    x = jnp.moveaxis(x, 2, 1)
-    return x.reshape(x.shape[:2] + (N, C) + x.shape[3:])
+    x = x.reshape((B, N, C) + x.shape[2:])
+    if cumsum:  # within each chunk, here where C is not the minor axis (faster on CPU)
+      x = jnp.cumsum(x, axis=2)
+    return jnp.moveaxis(x, (1, 2), (0, 3))
 
   q = to_chunks(q_BTHK) * scale
-  k = to_chunks(k_BTHK)
-  v = to_chunks(v_BTHV)
-  g = to_chunks(g_BTHK)
-  beta = to_chunks(beta_BTH)  # [B, H, N, C]
-  G = jnp.cumsum(g, axis=-2)  # restarts every chunk
-
-  # Rematerialise the intra-chunk part in the backward pass (its pairwise tensors are
-  # 16x the size of k). Not on CPU: with jax 0.10.2 the rematerialised gradient hung
-  # at run time on XLA:CPU for K >= 64 (compiled fine, never finished); CPU runs are
-  # small anyway.
-  intra = _intra_chunk if jax.default_backend() == "cpu" else jax.checkpoint(_intra_chunk)
-  W, U, Aqk = intra(q, k, v, G, beta)
-  G_last = G[..., -1, :]  # [B, H, N, K]
-  Qg = q * jnp.exp(G)
-  Kg = k * jnp.exp(G_last[..., None, :] - G)
-  decay = jnp.exp(G_last)
-
   S0 = (jnp.zeros((B, H, K, V), f32) if initial_state_BHKV is None
         else initial_state_BHKV.astype(f32))
-
-  def step(S, xs):
-    Qg_c, Kg_c, W_c, U_c, Aqk_c, decay_c = xs
-    Vn = U_c - _einsum("bhck,bhkv->bhcv", W_c, S)
-    O = _einsum("bhck,bhkv->bhcv", Qg_c, S) + _einsum("bhij,bhjv->bhiv", Aqk_c, Vn)
-    S = decay_c[..., :, None] * S + _einsum("bhck,bhcv->bhkv", Kg_c, Vn)
-    return S, O
-
-  chunk_major = lambda x: jnp.moveaxis(x, 2, 0)
-  S, O = lax.scan(step, S0, tuple(map(chunk_major, (Qg, Kg, W, U, Aqk, decay))))
-  O = jnp.moveaxis(O, 0, 2).reshape(B, H, N * C, V)[:, :, :T]
-  return jnp.moveaxis(O, 1, 2), S
+  g = to_chunks(g_BTHK)
+  G = to_chunks(g_BTHK, cumsum=True)  # restarts every chunk
+  O, S = _chunked_core(q, to_chunks(k_BTHK), to_chunks(v_BTHV), G, lax.stop_gradient(g),
+                       to_chunks(beta_BTH), S0)
+  O = jnp.moveaxis(O, (0, 3), (1, 2)).reshape(B, N * C, H, V)[:, :T]
+  return O, S

@@ -119,9 +119,9 @@ class KDAttention(nnx.Module):
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"model.attention.kda.implementation={self.implementation!r}: "
                              f"choose one of {IMPLEMENTATIONS}")
-        if self.chunk_size <= 0 or self.chunk_size % 16:
+        if self.chunk_size < 16 or self.chunk_size & (self.chunk_size - 1):
             raise ValueError(f"model.attention.kda.chunk_size={self.chunk_size} must be a "
-                             "positive multiple of 16")
+                             "power of two >= 16 (default 64)")
         if conv_size <= 0:
             raise ValueError(f"model.attention.kda.conv_size={conv_size} must be positive")
         if bool(opts.get("rope", False)):

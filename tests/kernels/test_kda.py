@@ -79,6 +79,37 @@ def test_decayed_scores_no_overflow_with_strong_decay():
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("T,g_min,g_max,leaf", [(128, -0.1, 0.0, 64), (128, -2.0, -1.0, 16),
+                                                 (80, -10.0, -2.0, 1)],
+                         ids=["whole-chunk", "leaf16", "exact"])
+def test_xla_every_leaf_branch_matches_reference(T, g_min, g_max, leaf):
+  """The xla path picks its leaf block from the decays (chunked.leaf_index): mild decays
+  take one factorised product per chunk, moderate ones 16-blocks, strong ones the exact
+  recursion. Each branch must equal the recurrence (outputs, state, all gradients)."""
+  from kernels.kda import chunked
+  args, weights = make_inputs(B=1, T=T, H=2, K=16, V=16, g_min=g_min, g_max=g_max, seed=5)
+  g = jnp.pad(jnp.asarray(args[3], jnp.float32), [(0, 0), (0, -T % 64), (0, 0), (0, 0)])
+  g = g.reshape(1, -1, 64, 2, 16)
+  G = jnp.moveaxis(jnp.cumsum(g, axis=2), 3, 2)  # [B, N, H, C, K]
+  sizes = chunked.leaf_sizes(64)
+  assert sizes[int(chunked.leaf_index(G))] == leaf
+  got = value_and_grads(_impl("xla"), args, weights)
+  assert_close(got, _reference_f32(args, weights), "float32")
+
+
+@pytest.mark.parametrize("leaf", [1, 16, 64])
+def test_decayed_scores_every_leaf_equals_direct_sum(leaf):
+  from kernels.kda.chunked import decayed_scores
+  rng = np.random.default_rng(1)
+  C, K = 64, 8
+  x, y = rng.standard_normal((2, C, K))
+  G = np.cumsum(rng.uniform(-0.6, 0.0, (C, K)), axis=0)  # chunk span <= 38.4 < 40
+  want = np.tril(np.einsum("id,jd,ijd->ij", x, y, np.exp(G[:, None, :] - G[None, :, :])))
+  got = decayed_scores(*(jnp.asarray(a, jnp.float32) for a in (x, y, G)), inclusive=True,
+                       leaf=leaf)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("impl", ["reference", "xla"])
 def test_state_carry_equals_one_run(impl):
   args, _ = make_inputs(B=1, T=150, H=2, K=16, V=16)
@@ -142,7 +173,7 @@ def test_bad_implementation_and_chunk():
   a = _good()
   with pytest.raises(ValueError, match="unknown implementation='cuda'"):
     kda(**a, implementation="cuda")
-  with pytest.raises(ValueError, match="chunk_size=40 must be a positive multiple of 16"):
+  with pytest.raises(ValueError, match="chunk_size=40 must be a power of two >= 16"):
     kda(**a, chunk_size=40)
 
 
