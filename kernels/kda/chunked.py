@@ -258,6 +258,7 @@ def _decayed_row_col(Ms, xs, y, G, *, leaf, g=None):
   * ``rows``: per matrix ``row_i = sum_j M_ij y_j exp(G_i - G_j)``,
   * ``col``: ``sum_n sum_i M^n_ij x^n_i exp(G_i - G_j)`` (summed over the matrices, as
     their gradients add up),
+  * ``dG``: the matrices' gradient w.r.t. G, ``sum_n x^n row^n - y col``,
 
   all ``[..., C, K]``, over the same blocks as ``_scores``: the leaf blocks, then every
   quadrant through its reference row (``row = L (M_Q (y R))``, ``col = R (M_Q^T (x L))``).
@@ -293,7 +294,17 @@ def _decayed_row_col(Ms, xs, y, G, *, leaf, g=None):
     cols.append(_join_halves(jnp.zeros_like(c), R * c))
   # One sum at the end (XLA fuses it into a single pass; accumulating level by level
   # copied the full-size accumulators once per level).
-  return [sum(r) for r in rows], sum(cols)
+  rows_full, col_full = [sum(r) for r in rows], sum(cols)
+  # The G-gradient, sum_n x_n row_n - y col. The diagonal terms (i = j, decay 1) cancel
+  # in it exactly; in the exact branch they are separate and left out, so that their
+  # rounding does not remain in dG (with strong decays the true dG is small next to
+  # them, and dg = reverse cumsum(dG) would carry the residue).
+  if leaf == 1 and len(cols) > 1:
+    rows_g, col_g = [sum(r[1:]) for r in rows], sum(cols[1:])
+  else:
+    rows_g, col_g = rows_full, col_full
+  dG = sum(x * r for x, r in zip(xs, rows_g)) - y * col_g
+  return rows_full, col_full, dG
 
 
 def _switch_leaf(G, g, fn, *args):
@@ -423,10 +434,11 @@ def _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO, dS_end, dVn):
   dG = dG + bk * d_bk
   # Decayed scores: Akk_raw (rows and columns k, cotangent beta dA), Aqk (rows q,
   # columns k, cotangent dAqk).
-  (kk_row, qk_row), col = _switch_leaf(G, g, _decayed_row_col, (b * dA, daqk), (k, q), k, G)
+  (kk_row, qk_row), col, dG_scores = _switch_leaf(G, g, _decayed_row_col, (b * dA, daqk),
+                                                  (k, q), k, G)
   dk = dk + kk_row + col
   dq = dq + qk_row
-  dG = dG + k * kk_row + q * qk_row - k * col
+  dG = dG + dG_scores
   return dq, dk, dv, dG, dbeta
 
 
