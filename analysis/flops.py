@@ -244,7 +244,7 @@ def kda_chunk_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> dict[str, floa
     less, and XLA's cost analysis also counts a conditional as its largest branch):
 
     - ``parallel``: everything batched over chunks: the q scaling, the in-chunk
-      cumulative sum of g (XLA:CPU's cumsum lowering costs about 16 FLOPs per element),
+      cumulative sum of g (a product with a ``C x C`` triangle of ones, ``2 C^2 K``),
       both score matrices (``4 C^2 K``) with their factors and masks, the blocked
       inverse ``(I + beta Akk)^-1`` (16 x 16 diagonal blocks by row updates, then block
       rows), ``W`` and ``U`` (``4 C^2 K``) and the output ``(e^G q) S + Aqk Vn``;
@@ -259,7 +259,7 @@ def kda_chunk_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> dict[str, floa
     intra = c * c + 4 * c * c * k + 4 * c * k         # beta Akk; W, U; their right sides
     decays = 4 * c * k                                  # G_last - G, e^G q, e^.. k
     output = 2 * c * k * k + 2 * c * c * k + c * k
-    parallel = k * c + 16 * c * k + scores + inverse + intra + decays + output
+    parallel = k * c + 2 * c * c * k + scores + inverse + intra + decays + output
     scan = 4 * c * k * k + c * k + 2 * k * k
     return {"parallel": float(parallel), "scan": float(scan)}
 
