@@ -85,11 +85,13 @@ def _einsum(spec, *operands):
   return jnp.einsum(spec, *operands, precision=_HIGHEST)
 
 
-def _tril(x, *, strict: bool):
-  n = x.shape[-1]
+def _tri_mask(n, strict):
   i = jnp.arange(n)
-  keep = (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
-  return jnp.where(keep, x, 0.0)
+  return (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
+
+
+def _tril(x, *, strict: bool):
+  return jnp.where(_tri_mask(x.shape[-1], strict), x, 0.0)
 
 
 # ----------------------------------------------------------------------------- decays
@@ -146,7 +148,7 @@ def leaf_factors(G, s):
   """Factors of the ``s x s`` diagonal (leaf) blocks through their first rows ``r``:
   ``L = exp(G_i - G_r) <= 1`` and ``R = exp(G_r - G_j) >= 1``, ``[..., C / s, s, K]``.
   ``exp(G_i - G_j) = L_i R_j``; finite only while the block's span ``G_r - G_last``
-  is moderate (``leaf_for``)."""
+  is moderate (``leaf_index``)."""
   Gb = _blocks(G, s)
   G_ref = Gb[..., :1, :]
   return jnp.exp(Gb - G_ref), jnp.exp(G_ref - Gb)
@@ -200,11 +202,6 @@ def _block_scores(a, b):
     ones = jnp.ones((a.shape[-1],), a.dtype)
     return _einsum("...ijd,d->...ij", a[..., :, None, :] * b[..., None, :, :], ones)
   return _einsum("...qid,...qjd->...qij", a, b)
-
-
-def _tri_mask(s, strict):
-  i = jnp.arange(s)
-  return (i[None, :] < i[:, None]) if strict else (i[None, :] <= i[:, None])
 
 
 def decayed_scores(x, y, G, *, inclusive: bool, leaf: int = 1):
@@ -307,13 +304,13 @@ def _decayed_row_col(Ms, xs, y, G, *, leaf, g=None):
   return rows_full, col_full, dG
 
 
-def _switch_leaf(G, g, fn, *args):
-  """``fn(*args, leaf=s)`` with ``s`` the largest safe leaf size (``leaf_index``); a
+def _switch_leaf(leaf_idx, g, fn, *args):
+  """``fn(*args, leaf=s)`` with ``s = leaf_sizes(C)[leaf_idx]`` (``leaf_index``); a
   ``lax.switch``, so only the chosen branch runs. The exact branch (leaf 1, strong
   decays) also gets ``g`` for its locally summed exponents (``level_factors``)."""
-  sizes = leaf_sizes(G.shape[-2])
+  sizes = leaf_sizes(g.shape[-2])
   branches = [lambda a, s=s: fn(*a, leaf=s, g=g if s == 1 else None) for s in sizes]
-  return lax.switch(leaf_index(G), branches, args)
+  return lax.switch(leaf_idx, branches, args)
 
 
 # ----------------------------------------------------------------------------- solve
@@ -348,10 +345,10 @@ def unit_lower_inverse(A):
 
 
 # ----------------------------------------------------------------------------- core
-def _intra_forward(q, k, v, G, g, beta):
+def _intra_forward(q, k, v, G, g, beta, leaf_idx):
   """Per-chunk matrices; inputs ``[..., C, *]`` float32 (q already scaled), beta
   ``[..., C]``. Returns ``Akk_raw`` (strict, without beta), ``Aqk``, ``T``, ``W``, ``U``."""
-  akk_raw, aqk = _switch_leaf(G, g, functools.partial(_scores, strict=(True, False)),
+  akk_raw, aqk = _switch_leaf(leaf_idx, g, functools.partial(_scores, strict=(True, False)),
                               (k, q), k, G)
   T = unit_lower_inverse(beta[..., :, None] * akk_raw)
   b = beta[..., None]
@@ -373,13 +370,13 @@ def _state_forward(W, U, Kg, decay, S0):
   return S_T, h, Vn
 
 
-def _decays(G, g):
+def _decays(G, g, leaf_idx):
   """``exp(G)``, ``exp(G_last - G)`` (``[..., C, K]``) and ``exp(G_last)`` (``[..., K]``).
 
   With strong decays (the exact branch of ``leaf_index``) ``G_last - G`` is summed
   locally from ``g`` (see ``level_factors``)."""
   G_last = G[..., -1:, :]
-  exact = leaf_index(G) == len(leaf_sizes(G.shape[-2])) - 1
+  exact = leaf_idx == len(leaf_sizes(G.shape[-2])) - 1
   suffix = lax.cond(exact,
                     lambda: lax.cumsum(g, axis=g.ndim - 2, reverse=True) - g,
                     lambda: G_last - G)
@@ -395,17 +392,18 @@ def _chunked_core(q, k, v, G, g, beta, S0):
 
 
 def _core_fwd(q, k, v, G, g, beta, S0):
-  akk_raw, aqk, T, W, U = _intra_forward(q, k, v, G, g, beta)
-  eG, kdec, decay = _decays(G, g)
+  leaf_idx = leaf_index(G)
+  akk_raw, aqk, T, W, U = _intra_forward(q, k, v, G, g, beta, leaf_idx)
+  eG, kdec, decay = _decays(G, g, leaf_idx)
   S_T, h, Vn = _state_forward(W, U, k * kdec, decay, S0)
   O = _einsum("...ck,...kv->...cv", q * eG, h) + _einsum("...ij,...jv->...iv", aqk, Vn)
-  return (O, S_T), (q, k, v, G, g, beta, akk_raw, aqk, T, W, h, Vn)
+  return (O, S_T), (q, k, v, G, g, beta, leaf_idx, akk_raw, aqk, T, W, h, Vn)
 
 
-def _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO, dS_end, dVn):
+def _bwd_parallel(q, k, v, G, g, beta, leaf_idx, eG, kdec, decay, akk_raw, aqk, T, h, Vn,
+                  dO, dS_end, dVn):
   """Everything of the backward after the reverse state scan, batched over chunks:
   gradients through the state pass's inputs, then through ``T`` and the scores."""
-  eG, kdec, decay = _decays(G, g)
   Qg, Kg = q * eG, k * kdec
   daqk = _tril(_einsum("...iv,...jv->...ij", dO, Vn), strict=False)
   dqg = _einsum("...cv,...kv->...ck", dO, h)
@@ -434,8 +432,8 @@ def _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO, dS_end, dVn):
   dG = dG + bk * d_bk
   # Decayed scores: Akk_raw (rows and columns k, cotangent beta dA), Aqk (rows q,
   # columns k, cotangent dAqk).
-  (kk_row, qk_row), col, dG_scores = _switch_leaf(G, g, _decayed_row_col, (b * dA, daqk),
-                                                  (k, q), k, G)
+  (kk_row, qk_row), col, dG_scores = _switch_leaf(leaf_idx, g, _decayed_row_col,
+                                                  (b * dA, daqk), (k, q), k, G)
   dk = dk + kk_row + col
   dq = dq + qk_row
   dG = dG + dG_scores
@@ -443,9 +441,9 @@ def _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO, dS_end, dVn):
 
 
 def _core_bwd(res, cts):
-  q, k, v, G, g, beta, akk_raw, aqk, T, W, h, Vn = res
+  q, k, v, G, g, beta, leaf_idx, akk_raw, aqk, T, W, h, Vn = res
   dO, dS_T = cts
-  eG, kdec, decay = _decays(G, g)
+  eG, kdec, decay = _decays(G, g, leaf_idx)
   # State pass, reverse over chunks. dS is the gradient of the state at a chunk's end:
   #   dVn = Aqk^T dO + Kg dS,   dS_start = decay dS + Qg^T dO - W^T dVn.
   P = _einsum("...ji,...jv->...iv", aqk, dO)
@@ -458,8 +456,8 @@ def _core_bwd(res, cts):
     return dS_start, (dS, dVn)
 
   dS0, (dS_end, dVn) = lax.scan(step, dS_T, (P, QdO, k * kdec, W, decay), reverse=True)
-  dq, dk, dv, dG, dbeta = _bwd_parallel(q, k, v, G, g, beta, akk_raw, aqk, T, h, Vn, dO,
-                                        dS_end, dVn)
+  dq, dk, dv, dG, dbeta = _bwd_parallel(q, k, v, G, g, beta, leaf_idx, eG, kdec, decay,
+                                        akk_raw, aqk, T, h, Vn, dO, dS_end, dVn)
   # g only sharpens the evaluation of functions of G (see level_factors); the whole
   # gradient flows through G.
   return dq, dk, dv, dG, jnp.zeros_like(g), dbeta, dS0
@@ -482,24 +480,28 @@ def kda_chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_stat
   pad = pad_to_chunks(T, C)
   N = (T + pad) // C
 
-  def to_chunks(x, cumsum=False):  # [B, T, H, (D)] -> [N, B, H, C, (D)] float32
+  def split(x):  # [B, T, H, (D)] -> [B, N, C, H, (D)] float32, zero-padded in T
     x = x.astype(f32)
-    if pad:  # zero-padded in T
+    if pad:
       x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    x = x.reshape((B, N, C) + x.shape[2:])
-    if cumsum:  # within each chunk: a product with a lower-triangular matrix of ones
-      # over [B N, C, H D] rows (XLA:CPU laid jnp.cumsum's reduce-window, and the
-      # reverse one of its gradient, out transposed: ~20 ms at T=4K, 4 heads).
-      tril = jnp.tril(jnp.ones((C, C), f32))
-      x = _einsum("ij,bjd->bid", tril, x.reshape(B * N, C, -1)).reshape(x.shape)
+    return x.reshape((B, N, C) + x.shape[2:])
+
+  def chunk_major(x):  # [B, N, C, H, (D)] -> [N, B, H, C, (D)]
     return jnp.moveaxis(x, (1, 2), (0, 3))
+
+  to_chunks = lambda x: chunk_major(split(x))
 
   q = to_chunks(q_BTHK) * scale
   S0 = (jnp.zeros((B, H, K, V), f32) if initial_state_BHKV is None
         else initial_state_BHKV.astype(f32))
-  g = to_chunks(g_BTHK)
-  G = to_chunks(g_BTHK, cumsum=True)  # restarts every chunk
-  O, S = _chunked_core(q, to_chunks(k_BTHK), to_chunks(v_BTHV), G, lax.stop_gradient(g),
+  g = split(g_BTHK)
+  # In-chunk cumsum as a product with a lower-triangular matrix of ones over
+  # [B N, C, H K] rows (XLA:CPU laid jnp.cumsum's reduce-window, and the reverse one of
+  # its gradient, out transposed: ~20 ms at T=4K, 4 heads).
+  tril = jnp.tril(jnp.ones((C, C), f32))
+  G = _einsum("ij,bjd->bid", tril, g.reshape(B * N, C, -1)).reshape(g.shape)
+  O, S = _chunked_core(q, to_chunks(k_BTHK), to_chunks(v_BTHV), chunk_major(G),
+                       lax.stop_gradient(chunk_major(g)),
                        to_chunks(beta_BTH), S0)
   O = jnp.moveaxis(O, (0, 3), (1, 2)).reshape(B, N * C, H, V)[:, :T]
   return O, S

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from kernels.kda import pallas_intra, pallas_state
+from kernels.kda.chunked import pad_to_chunks
 
 _log = logging.getLogger(__name__)
 _F32 = jnp.float32
@@ -140,7 +141,7 @@ def kda_pallas(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_state
     raise ValueError(f"kda pallas: variant={variant!r} must be 'tpu' or 'gpu'.")
   check_tiles(K, V, C, variant)
   cfg = _Config(scale=float(scale), C=C, variant=variant, interpret=bool(interpret))
-  pad = -(-T // C) * C - T
+  pad = pad_to_chunks(T, C)
   Tp, N = T + pad, (T + pad) // C
 
   def to_bhtd(x, dtype=None):
