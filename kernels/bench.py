@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.kda import kda
+from kernels.kda import kda, l2_normalize
 from kernels.moba import BlockSizes, moba_attention
 
 MODES = ("fwd", "fwd_bwd")
@@ -109,15 +109,11 @@ def attention_fn(name: str, cfg) -> Callable[..., jax.Array]:
 
 
 def _kda_fn(impl: str) -> Callable[..., jax.Array]:
-    def l2(x):
-        x = x.astype(jnp.float32)
-        return x * jax.lax.rsqrt(jnp.einsum("...d,...d->...", x, x)[..., None] + 1e-6)
-
     def f(q, k, v):
         g = -0.5 * jax.nn.sigmoid(v.astype(jnp.float32) - 2.0)
         beta = jax.nn.sigmoid(q[..., 0].astype(jnp.float32))
-        o, _ = kda(l2(q).astype(v.dtype), l2(k).astype(v.dtype), v, g, beta,
-                   chunk_size=KDA_CHUNK, implementation=impl)
+        o, _ = kda(l2_normalize(q).astype(v.dtype), l2_normalize(k).astype(v.dtype), v, g,
+                   beta, chunk_size=KDA_CHUNK, implementation=impl)
         return o
     return f
 

@@ -31,11 +31,21 @@ import numpy as np
 from kernels.kda.chunked import kda_chunked
 from kernels.kda.reference import kda_reference
 
-__all__ = ["kda", "kda_reference", "kda_chunked", "IMPLEMENTATIONS"]
+__all__ = ["kda", "kda_reference", "kda_chunked", "l2_normalize", "IMPLEMENTATIONS"]
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas")
 _FLOAT_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 _log = logging.getLogger(__name__)
+
+
+L2_EPS = 1e-6
+
+
+def l2_normalize(x):
+  """kda.md's L2Norm, ``x / sqrt(sum x^2 + 1e-6)`` over the last axis, computed in
+  float32 and returned in x's dtype: what q and k must go through before ``kda``."""
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + L2_EPS)).astype(x.dtype)
 
 
 def _is_concrete(x) -> bool:

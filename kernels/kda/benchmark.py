@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.kda import kda
+from kernels.kda import kda, l2_normalize
 
 
 def make_inputs(seq_len, *, batch=1, heads=4, head_dim=128, dtype="float32", seed=0):
@@ -33,9 +33,8 @@ def make_inputs(seq_len, *, batch=1, heads=4, head_dim=128, dtype="float32", see
   dt = jnp.dtype(dtype)
   ks = jax.random.split(jax.random.key(seed), 5)
   shape = (batch, seq_len, heads, head_dim)
-  l2 = lambda x: x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-6)
-  q = l2(jax.random.normal(ks[0], shape)).astype(dt)
-  k = l2(jax.random.normal(ks[1], shape)).astype(dt)
+  q = l2_normalize(jax.random.normal(ks[0], shape)).astype(dt)
+  k = l2_normalize(jax.random.normal(ks[1], shape)).astype(dt)
   v = jax.random.normal(ks[2], shape).astype(dt)
   g = -0.5 * jax.nn.sigmoid(jax.random.normal(ks[3], shape) - 2.0)
   beta = jax.nn.sigmoid(jax.random.normal(ks[4], shape[:3]))

@@ -34,20 +34,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels.kda import IMPLEMENTATIONS, kda
+from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
 from moba_jax.sharding import constrain
 
 A_INIT_RANGE = (1.0, 16.0)     # A = exp(A_log) ~ U(1, 16)
 DT_INIT_RANGE = (1e-3, 1e-1)   # softplus(dt_bias) ~ LogUniform(1e-3, 1e-1)
-L2_EPS = 1e-6
-
-
-def l2_normalize(x):
-    """``x / sqrt(sum x^2 + 1e-6)`` over the last axis, in float32."""
-    x32 = x.astype(jnp.float32)
-    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + L2_EPS)).astype(x.dtype)
 
 
 def inverse_softplus(y):
