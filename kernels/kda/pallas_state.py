@@ -72,6 +72,24 @@ def _step_bwd(q, k, G, G_last, W, U, Aqk, decay_col, S, dO, dS, scale):
               ddecay=ddecay), dS_prev
 
 
+# ----------------------------------------------------------------------------- shapes
+def _fwd_out_shapes(B, H, Tp, K, V, N, out_dtype, with_states):
+  """Outputs of the forward state pass (both variants): ``o``, final state, and the
+  per-chunk start states ``h`` when ``with_states``."""
+  sds = jax.ShapeDtypeStruct
+  shapes = [sds((B, H, Tp, V), out_dtype), sds((B, H, K, V), _F32)]
+  return shapes + ([sds((B, H, N * K, V), _F32)] if with_states else [])
+
+
+def _bwd_out_shapes(B, H, Tp, K, V, C, N):
+  """Outputs of the backward state pass (both variants): ``dW, dU, dAqk, dq1, dk1,
+  dG1`` per token, ``ddecay`` per chunk, and the initial state's gradient."""
+  sds = jax.ShapeDtypeStruct
+  return [sds((B, H, Tp, K), _F32), sds((B, H, Tp, V), _F32), sds((B, H, Tp, C), _F32),
+          sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32),
+          sds((B, H, N * K, 1), _F32), sds((B, H, K, V), _F32)]
+
+
 # ----------------------------------------------------------------------------- TPU
 def _tpu_fwd_kernel(q_ref, k_ref, g_ref, w_ref, u_ref, a_ref, d_ref, s0_ref,
                     o_ref, sT_ref, *rest, scale, C, with_states):
@@ -139,12 +157,8 @@ def state_fwd_tpu(q, k, G, W, U, Aqk, decay, s0, *, scale, C, out_dtype, with_st
   V = U.shape[-1]
   N = Tp // C
   chunk, per_kv, per_k1, whole = _tpu_specs(C, K, V, False, N)
-  sds = jax.ShapeDtypeStruct
-  out_specs = [chunk(V), whole]
-  out_shape = [sds((B, H, Tp, V), out_dtype), sds((B, H, K, V), _F32)]
-  if with_states:
-    out_specs.append(per_kv)
-    out_shape.append(sds((B, H, N * K, V), _F32))
+  out_specs = [chunk(V), whole] + ([per_kv] if with_states else [])
+  out_shape = _fwd_out_shapes(B, H, Tp, K, V, N, out_dtype, with_states)
   return pl.pallas_call(
       functools.partial(_tpu_fwd_kernel, scale=scale, C=C, with_states=with_states),
       grid=(B, H, N),
@@ -160,16 +174,13 @@ def state_bwd_tpu(q, k, G, W, U, Aqk, decay, h, dO, dsT, *, scale, C, interpret)
   V = U.shape[-1]
   N = Tp // C
   chunk, per_kv, per_k1, whole = _tpu_specs(C, K, V, True, N)
-  sds = jax.ShapeDtypeStruct
   return pl.pallas_call(
       functools.partial(_tpu_bwd_kernel, scale=scale, C=C),
       grid=(B, H, N),
       in_specs=[chunk(K), chunk(K), chunk(K), chunk(K), chunk(V), chunk(C), per_k1, per_kv,
                 chunk(V), whole],
       out_specs=[chunk(K), chunk(V), chunk(C), chunk(K), chunk(K), chunk(K), per_k1, whole],
-      out_shape=[sds((B, H, Tp, K), _F32), sds((B, H, Tp, V), _F32), sds((B, H, Tp, C), _F32),
-                 sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32),
-                 sds((B, H, N * K, 1), _F32), sds((B, H, K, V), _F32)],
+      out_shape=_bwd_out_shapes(B, H, Tp, K, V, C, N),
       scratch_shapes=[pltpu.VMEM((K, V), _F32)],
       compiler_params=_tpu_params(), interpret=interpret, name="kda_state_bwd_tpu",
   )(q, k, G, W, U, Aqk, decay, h, dO, dsT)
@@ -232,12 +243,8 @@ def state_fwd_gpu(q, k, G, W, U, Aqk, decay, s0, *, scale, C, out_dtype, with_st
   B, H, Tp, K = q.shape
   V = U.shape[-1]
   N = Tp // C
-  sds = jax.ShapeDtypeStruct
-  out_specs = [_full((Tp, V)), _full((K, V))]
-  out_shape = [sds((B, H, Tp, V), out_dtype), sds((B, H, K, V), _F32)]
-  if with_states:
-    out_specs.append(_full((N * K, V)))
-    out_shape.append(sds((B, H, N * K, V), _F32))
+  out_specs = [_full((Tp, V)), _full((K, V))] + ([_full((N * K, V))] if with_states else [])
+  out_shape = _fwd_out_shapes(B, H, Tp, K, V, N, out_dtype, with_states)
   return pl.pallas_call(
       functools.partial(_gpu_fwd_kernel, scale=scale, C=C, K=K, N=N, with_states=with_states),
       grid=(B, H),
@@ -252,7 +259,6 @@ def state_bwd_gpu(q, k, G, W, U, Aqk, decay, h, dO, dsT, *, scale, C, interpret)
   B, H, Tp, K = q.shape
   V = U.shape[-1]
   N = Tp // C
-  sds = jax.ShapeDtypeStruct
   return pl.pallas_call(
       functools.partial(_gpu_bwd_kernel, scale=scale, C=C, K=K, N=N),
       grid=(B, H),
@@ -261,8 +267,6 @@ def state_bwd_gpu(q, k, G, W, U, Aqk, decay, h, dO, dsT, *, scale, C, interpret)
                 _full((Tp, V)), _full((K, V))],
       out_specs=[_full((Tp, K)), _full((Tp, V)), _full((Tp, C)), _full((Tp, K)),
                  _full((Tp, K)), _full((Tp, K)), _full((N * K, 1)), _full((K, V))],
-      out_shape=[sds((B, H, Tp, K), _F32), sds((B, H, Tp, V), _F32), sds((B, H, Tp, C), _F32),
-                 sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32),
-                 sds((B, H, N * K, 1), _F32), sds((B, H, K, V), _F32)],
+      out_shape=_bwd_out_shapes(B, H, Tp, K, V, C, N),
       compiler_params=_gpu_params(), interpret=interpret, name="kda_state_bwd_gpu",
   )(q, k, G, W, U, Aqk, decay, h, dO, dsT)
