@@ -97,6 +97,37 @@ def test_xla_every_leaf_branch_matches_reference(T, g_min, g_max, leaf):
   assert_close(got, _reference_f32(args, weights), "float32")
 
 
+def test_chunk_group_counts():
+  """Per-chunk parallel work is split into groups of chunks by size (a divisor of the
+  chunk count, at most chunked._MAX_GROUPS)."""
+  from kernels.kda import chunked
+  x4k = jax.ShapeDtypeStruct((64, 4, 64, 128), jnp.float32)  # T=4K, 4 heads of 128: 8 MiB
+  assert chunked._chunk_groups(x4k, chunked.FORWARD_GROUP_BYTES) == 4
+  assert chunked._chunk_groups(x4k, chunked.BACKWARD_GROUP_BYTES) == 8
+  assert chunked._chunk_groups(jax.ShapeDtypeStruct((6, 4, 64, 128), jnp.float32), 1) == 6
+  assert chunked._chunk_groups(jax.ShapeDtypeStruct((7, 1, 64, 128), jnp.float32),
+                               3 << 17) == 1  # wants 2 or 3; 7 has no such divisor
+  assert chunked._chunk_groups(jax.ShapeDtypeStruct((4, 2, 64, 16), jnp.float32),
+                               chunked.BACKWARD_GROUP_BYTES) == 1
+
+
+def test_xla_chunk_groups_match_reference(monkeypatch):
+  """Forcing one group per chunk (tiny group budgets) must change nothing: outputs,
+  state and all gradients still equal the recurrence."""
+  from kernels.kda import chunked
+  monkeypatch.setattr(chunked, "FORWARD_GROUP_BYTES", 1)
+  monkeypatch.setattr(chunked, "BACKWARD_GROUP_BYTES", 1)
+  seen = []
+  grouped = chunked._in_chunk_groups
+  monkeypatch.setattr(chunked, "_in_chunk_groups",
+                      lambda fn, arrays, groups: seen.append(groups) or grouped(fn, arrays,
+                                                                                groups))
+  args, weights = make_inputs(B=1, T=230, H=2, K=16, V=8, seed=7)  # 4 chunks of 64
+  got = value_and_grads(_impl("xla"), args, weights)
+  assert seen == [4, 4], seen  # forward and backward, one chunk per group
+  assert_close(got, _reference_f32(args, weights), "float32")
+
+
 @pytest.mark.parametrize("leaf", [1, 16, 64])
 def test_decayed_scores_every_leaf_equals_direct_sum(leaf):
   from kernels.kda.chunked import decayed_scores
