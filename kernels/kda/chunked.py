@@ -63,17 +63,22 @@ cumulative sum of ``dG`` within each chunk.
 
 Memory. On CPU every call gets a fresh temp buffer from XLA, and first touching its
 pages costs about as much as the arithmetic, so the peak of live memory sets the
-speed as much as the products do. Hence: the residuals are the caller's q, k, v, g,
-beta themselves plus ``T``, the score matrices, ``W``, the chunk start states and
-``Vn``; the chunk-major copies, ``G`` and the decay factors are recomputed in the
-backward (tied to a forward result by ``_after``, so XLA neither merges them with the
-forward's copies nor schedules them early); and the per-chunk parallel work (the
-forward's score matrices, inverse, ``W``, ``U``, and the backward after its scan) runs
-over groups of chunks one after the other (``_chunk_groups``, ``_in_chunk_groups``), so
-its temporaries are reused from group to group. Layout is chunk-major
-``[N, B H, C, D]``: batch and heads share one axis (a size-1 batch axis between the
-others made XLA:CPU copy every product's output into place). At T=4K, 4 heads of 128,
-this took forward+backward from about 150 ms to about 125 ms on a 2-core CPU.
+speed as much as the products do. Hence:
+
+* long sequences run in segments of whole chunks, one after the other, carrying the
+  state (``num_segments``: about ``SEGMENT_BYTES`` per q-sized tensor of a segment), so
+  one segment's temporaries are reused by the next;
+* the residuals are the caller's q, k, v, g, beta themselves plus ``T``, the score
+  matrices, ``W``, the chunk start states and ``Vn``; the chunk-major copies, ``G`` and
+  the decay factors are recomputed in the backward, after the forward (``_after``), so
+  that XLA neither merges them with the forward's copies nor computes them early;
+* the partial gradients are completed inside the ``lax.switch`` over leaf sizes, so
+  their pieces are freed there instead of being fused into the final sums;
+* the layout is chunk-major ``[N, B H, C, D]``: batch and heads share one axis (a
+  size-1 batch axis between the others made XLA:CPU copy every product's output).
+
+At T=4K, 4 heads of 128, these took forward+backward from about 150 ms to about
+115 ms on a 2-core CPU (``kernels/kda/benchmark.py``).
 
 Padding. ``T`` that is not a multiple of ``C`` is padded at the end with ``g = 0``,
 ``beta = 0`` and ``q = k = v = 0``. Such a token leaves the state untouched (decay
@@ -436,47 +441,29 @@ def _chunked_core(C, scale, q, k, v, g, beta, S0):
   return _core_fwd(C, scale, q, k, v, g, beta, S0)[0]
 
 
-# Per-chunk parallel work runs over groups of chunks (at most _MAX_GROUPS, each with
-# about this many bytes per [chunks, B H, C, D] float32 tensor), one group after the
-# other: its temporaries are then a group's size and reused (see the module docstring).
-FORWARD_GROUP_BYTES = 2 << 20
-BACKWARD_GROUP_BYTES = 1 << 20
-_MAX_GROUPS = 8
+# Long sequences are processed in segments of whole chunks, one after the other, the
+# state carried from one to the next (exactly what ``initial_state`` does across calls):
+# about SEGMENT_BYTES per q-sized float32 tensor of a segment, at most MAX_SEGMENTS
+# (each segment is its own copy of the program: compile time grows with their number).
+SEGMENT_BYTES = 1 << 20
+MAX_SEGMENTS = 8
 
 
-def _chunk_groups(x, group_bytes):
-  """Number of chunk groups for chunk-major ``x [N, ...]``: the largest divisor of N
-  that is at most ``min(_MAX_GROUPS, ceil(size of x / group_bytes))``."""
-  N = x.shape[0]
-  nbytes = math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
-  want = min(_MAX_GROUPS, -(-nbytes // group_bytes))
-  return max(d for d in range(1, N + 1) if N % d == 0 and d <= max(want, 1))
+def num_segments(N, nbytes):
+  """Segments for ``N`` chunks whose q-sized float32 tensor takes ``nbytes``: the
+  largest divisor of N that is at most ``min(MAX_SEGMENTS, ceil(nbytes /
+  SEGMENT_BYTES))``."""
+  want = max(1, min(MAX_SEGMENTS, -(-nbytes // SEGMENT_BYTES)))
+  return max(d for d in range(1, want + 1) if N % d == 0)
 
 
 def _after(x):
   """A float32 zero that XLA cannot compute before ``x`` (a scalar element of x enters
   it), and that stays zero if that element is inf or NaN. Adding it to an array makes
-  the work on that array wait for ``x``: it orders groups and keeps recomputations
-  apart from the forward's."""
+  the work on that array wait for ``x``: it orders the segments and keeps the backward's
+  recomputations apart from the forward's."""
   e = x[(0,) * x.ndim]
   return (e != e).astype(jnp.float32) * 0.0
-
-
-def _in_chunk_groups(fn, arrays, groups):
-  """``fn(*arrays)`` for chunk-major arrays split along the chunk axis into ``groups``
-  parts, each part waiting for the previous one's result (``_after``); the outputs (a
-  tuple of chunk-major arrays) are joined along the chunk axis."""
-  N = arrays[0].shape[0]
-  if groups <= 1:
-    return fn(*arrays)
-  outs = []
-  for i in range(groups):
-    part = [x[i * N // groups:(i + 1) * N // groups] for x in arrays]
-    if outs:
-      wait = _after(outs[-1][0])
-      part = [x + wait for x in part]
-    outs.append(fn(*part))
-  return tuple(jnp.concatenate(parts, axis=0) for parts in zip(*outs))
 
 
 def _core_fwd(C, scale, q_in, k_in, v_in, g_in, beta_in, S0):
@@ -484,9 +471,7 @@ def _core_fwd(C, scale, q_in, k_in, v_in, g_in, beta_in, S0):
   q = q * scale
   G = _chunk_cumsum(g)
   leaf_idx = leaf_index(G)
-  akk_raw, aqk, T, W, U = _in_chunk_groups(
-      lambda *a: _intra_forward(*a, leaf_idx), (q, k, v, G, g, beta),
-      _chunk_groups(q, FORWARD_GROUP_BYTES))
+  akk_raw, aqk, T, W, U = _intra_forward(q, k, v, G, g, beta, leaf_idx)
   eG, kdec, decay = _decays(G, g, leaf_idx)
   B = q_in.shape[0]
   S_T, h, Vn = _state_forward(W, U, k * kdec, decay, S0.reshape((-1,) + S0.shape[2:]))
@@ -525,12 +510,21 @@ def _bwd_parallel(q, k, v, G, g, beta, leaf_idx, eG, kdec, decay, akk_raw, aqk, 
   dG = dG + bk * d_bk
   # Decayed scores: Akk_raw (rows and columns k, cotangent beta dA), Aqk (rows q,
   # columns k, cotangent dAqk).
-  (kk_row, qk_row), col, dG_scores = _switch_leaf(leaf_idx, g, _decayed_row_col,
-                                                  (b * dA, daqk), (k, q), k, G)
-  dk = dk + kk_row + col
-  dq = dq + qk_row
-  dG = dG + dG_scores
+  # The partial gradients go into the branch and are completed there: they are then
+  # materialised before it, and what they were made of is freed early (XLA would
+  # otherwise fuse their element-wise pieces into the final sums and keep every piece
+  # alive until the end).
+  dq, dk, dG = _switch_leaf(leaf_idx, g, _add_decayed_row_col, (b * dA, daqk), (k, q), k, G,
+                            (dq, dk, dG))
   return dq, dk, dv, dG, dbeta
+
+
+def _add_decayed_row_col(Ms, xs, y, G, acc, *, leaf, g=None):
+  """``acc = (dq, dk, dG)`` plus the cotangents of the score matrices ``Ms = (Akk
+  cotangent, Aqk cotangent)`` with ``xs = (k, q)`` and ``y = k`` (``_decayed_row_col``)."""
+  (kk_row, qk_row), col, dG_scores = _decayed_row_col(Ms, xs, y, G, leaf=leaf, g=g)
+  dq, dk, dG = acc
+  return dq + qk_row, dk + kk_row + col, dG + dG_scores
 
 
 def _core_bwd(C, scale, res, cts):
@@ -539,7 +533,7 @@ def _core_bwd(C, scale, res, cts):
   # Recompute the chunk-major copies, G and the decays from the caller's arrays, after
   # the forward (``_after``): merged with the forward's, they would be kept alive from
   # the start of the forward to the end of the backward.
-  wait = _after(Vn)
+  wait = _after(Vn) + _after(dS_T)
   q_in, k_in, v_in, g_in, beta_in = (x + wait for x in (q_in, k_in, v_in, g_in, beta_in))
   q, k, v, g, beta = (_to_chunk_major(x, C) for x in (q_in, k_in, v_in, g_in, beta_in))
   q = q * scale
@@ -565,10 +559,8 @@ def _core_bwd(C, scale, res, cts):
   dS0, (dVn, dkg, ddecay) = lax.scan(
       step, dS_T.reshape((-1,) + dS_T.shape[2:]),
       (aqk, q, eG, dO, k, kdec, W, decay, Vn, h), reverse=True)
-  dq, dk, dv, dG, dbeta = _in_chunk_groups(
-      lambda *a: _bwd_parallel(*a[:6], leaf_idx, *a[6:]),
-      (q, k, v, G, g, beta, eG, kdec, decay, akk_raw, aqk, T, h, Vn, dO, dkg, ddecay, dVn),
-      _chunk_groups(q, BACKWARD_GROUP_BYTES))
+  dq, dk, dv, dG, dbeta = _bwd_parallel(q, k, v, G, g, beta, leaf_idx, eG, kdec, decay,
+                                        akk_raw, aqk, T, h, Vn, dO, dkg, ddecay, dVn)
   grads = (dq * scale, dk, dv, _chunk_reverse_cumsum(dG), dbeta)
   return tuple(_from_chunk_major(x, B) for x in grads) + (dS0.reshape(dS_T.shape),)
 
@@ -597,6 +589,19 @@ def kda_chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_stat
 
   S0 = (jnp.zeros((B, H, K, V), f32) if initial_state_BHKV is None
         else initial_state_BHKV.astype(f32))
-  O, S = _chunked_core(C, float(scale),
-                       *(prepare(x) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH)), S0)
+  xs = [prepare(x) for x in (q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH)]
+  N = xs[0].shape[1] // C
+  n = num_segments(N, math.prod(xs[0].shape) * 4)
+  # Segment i waits for segment i-1's state (_after): XLA then runs them one after the
+  # other and reuses one segment's temporaries for the next.
+  parts = [jnp.split(x, n, axis=1) for x in xs]
+  S, Os = S0, []
+  for i in range(n):
+    seg = [p[i] for p in parts]
+    if i:
+      wait = _after(S)
+      seg = [x + wait for x in seg]
+    O_i, S = _chunked_core(C, float(scale), *seg, S)
+    Os.append(O_i)
+  O = Os[0] if n == 1 else jnp.concatenate(Os, axis=1)
   return O[:, :T], S

@@ -97,34 +97,28 @@ def test_xla_every_leaf_branch_matches_reference(T, g_min, g_max, leaf):
   assert_close(got, _reference_f32(args, weights), "float32")
 
 
-def test_chunk_group_counts():
-  """Per-chunk parallel work is split into groups of chunks by size (a divisor of the
-  chunk count, at most chunked._MAX_GROUPS)."""
-  from kernels.kda import chunked
-  x4k = jax.ShapeDtypeStruct((64, 4, 64, 128), jnp.float32)  # T=4K, 4 heads of 128: 8 MiB
-  assert chunked._chunk_groups(x4k, chunked.FORWARD_GROUP_BYTES) == 4
-  assert chunked._chunk_groups(x4k, chunked.BACKWARD_GROUP_BYTES) == 8
-  assert chunked._chunk_groups(jax.ShapeDtypeStruct((6, 4, 64, 128), jnp.float32), 1) == 6
-  assert chunked._chunk_groups(jax.ShapeDtypeStruct((7, 1, 64, 128), jnp.float32),
-                               3 << 17) == 1  # wants 2 or 3; 7 has no such divisor
-  assert chunked._chunk_groups(jax.ShapeDtypeStruct((4, 2, 64, 16), jnp.float32),
-                               chunked.BACKWARD_GROUP_BYTES) == 1
+def test_segment_counts():
+  """Long inputs run in segments of whole chunks (a divisor of the chunk count, at most
+  chunked.MAX_SEGMENTS, about chunked.SEGMENT_BYTES each)."""
+  from kernels.kda.chunked import MAX_SEGMENTS, SEGMENT_BYTES, num_segments
+  assert num_segments(64, 8 * SEGMENT_BYTES) == 8  # T=4K, 4 heads of 128
+  assert num_segments(256, 32 * SEGMENT_BYTES) == MAX_SEGMENTS
+  assert num_segments(6, 6 * SEGMENT_BYTES) == 6
+  assert num_segments(7, 3 * SEGMENT_BYTES) == 1  # wants 3; 7 has no divisor 2 or 3
+  assert num_segments(4, SEGMENT_BYTES // 2) == 1
 
 
-def test_xla_chunk_groups_match_reference(monkeypatch):
-  """Forcing one group per chunk (tiny group budgets) must change nothing: outputs,
-  state and all gradients still equal the recurrence."""
+def test_xla_segments_match_reference(monkeypatch):
+  """Forcing one segment per chunk (tiny SEGMENT_BYTES) must change nothing: outputs,
+  state and all gradients (initial state included) still equal the recurrence."""
   from kernels.kda import chunked
-  monkeypatch.setattr(chunked, "FORWARD_GROUP_BYTES", 1)
-  monkeypatch.setattr(chunked, "BACKWARD_GROUP_BYTES", 1)
-  seen = []
-  grouped = chunked._in_chunk_groups
-  monkeypatch.setattr(chunked, "_in_chunk_groups",
-                      lambda fn, arrays, groups: seen.append(groups) or grouped(fn, arrays,
-                                                                                groups))
-  args, weights = make_inputs(B=1, T=230, H=2, K=16, V=8, seed=7)  # 4 chunks of 64
+  monkeypatch.setattr(chunked, "SEGMENT_BYTES", 1)
+  calls = []
+  core = chunked._chunked_core
+  monkeypatch.setattr(chunked, "_chunked_core", lambda *a: calls.append(1) or core(*a))
+  args, weights = make_inputs(B=2, T=230, H=2, K=16, V=8, seed=7)  # 4 chunks of 64
   got = value_and_grads(_impl("xla"), args, weights)
-  assert seen == [4, 4], seen  # forward and backward, one chunk per group
+  assert len(calls) == 4
   assert_close(got, _reference_f32(args, weights), "float32")
 
 
