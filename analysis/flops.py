@@ -289,7 +289,10 @@ def _kda_flops(cfg, seq_len: int, convention: str) -> float:
 def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
     """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
     not see: the scan body beyond its first trip. Used by the FLOP tests to compare
-    like with like; see ``kda_chunk_compiled``."""
+    like with like; see ``kda_chunk_compiled``. This holds while the sequence runs as
+    one segment (``kernels.kda.chunked.num_segments``: up to about 1 MiB per q-sized
+    float32 tensor, batch x seq_len x heads x head_dim x 4 bytes); a longer input runs
+    as s segments, each with its own scan, and XLA then sees s trips."""
     o = cfg.attention.kda
     if o.implementation != "xla":
         raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
