@@ -116,8 +116,8 @@ def test_xla_segments_match_reference(monkeypatch):
   calls = []
   core = chunked._chunked_core
   monkeypatch.setattr(chunked, "_chunked_core", lambda *a: calls.append(1) or core(*a))
-  args, weights = make_inputs(B=2, T=230, H=2, K=16, V=8, seed=7)  # 4 chunks of 64
-  got = value_and_grads(_impl("xla"), args, weights)
+  args, weights = make_inputs(B=2, T=60, H=2, K=16, V=8, seed=7)  # 4 chunks of 16
+  got = value_and_grads(_impl("xla", chunk_size=16), args, weights)
   assert len(calls) == 4
   assert_close(got, _reference_f32(args, weights), "float32")
 
