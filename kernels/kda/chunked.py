@@ -402,19 +402,22 @@ def _decays(G, g, leaf_idx):
   return jnp.exp(G), jnp.exp(suffix), jnp.exp(G_last[..., 0, :])
 
 
+def _lower_ones(x):
+  """The ``C x C`` lower triangle of ones (diagonal included), broadcast over the batch
+  axes of ``x [..., C, K]``, so the cumulative sums below are batched products."""
+  C = x.shape[-2]
+  return jnp.broadcast_to(_tri_mask(C, strict=False).astype(x.dtype), x.shape[:-1] + (C,))
+
+
 def _chunk_cumsum(g):
   """In-chunk cumulative sum over the C axis of ``[..., C, K]``, as a batched product
   with a triangle of ones (faster than ``jnp.cumsum``'s reduce-window on XLA:CPU)."""
-  C = g.shape[-2]
-  tril = jnp.broadcast_to(jnp.tril(jnp.ones((C, C), g.dtype)), g.shape[:-1] + (C,))
-  return _einsum("...ij,...jk->...ik", tril, g)
+  return _einsum("...ij,...jk->...ik", _lower_ones(g), g)
 
 
 def _chunk_reverse_cumsum(dG):
   """Adjoint of ``_chunk_cumsum``: ``dg_j = sum_{i >= j} dG_i`` within each chunk."""
-  C = dG.shape[-2]
-  tril = jnp.broadcast_to(jnp.tril(jnp.ones((C, C), dG.dtype)), dG.shape[:-1] + (C,))
-  return _einsum("...ij,...ik->...jk", tril, dG)
+  return _einsum("...ij,...ik->...jk", _lower_ones(dG), dG)
 
 
 def _to_chunk_major(x, C):
@@ -467,10 +470,16 @@ def _after(x):
   return (e != e).astype(jnp.float32) * 0.0
 
 
+def _chunk_inputs(C, scale, q, k, v, g, beta):
+  """Caller's ``[B, T, H, *]`` arrays -> chunk-major ``q`` (scaled), ``k``, ``v``, ``g``,
+  ``beta`` and ``G = cumsum(g)`` within each chunk. The forward computes them, and the
+  backward computes them again rather than keeping them (module docstring, Memory)."""
+  q, k, v, g, beta = (_to_chunk_major(x, C) for x in (q, k, v, g, beta))
+  return q * scale, k, v, g, beta, _chunk_cumsum(g)
+
+
 def _core_fwd(C, scale, q_in, k_in, v_in, g_in, beta_in, S0):
-  q, k, v, g, beta = (_to_chunk_major(x, C) for x in (q_in, k_in, v_in, g_in, beta_in))
-  q = q * scale
-  G = _chunk_cumsum(g)
+  q, k, v, g, beta, G = _chunk_inputs(C, scale, q_in, k_in, v_in, g_in, beta_in)
   leaf_idx = leaf_index(G)
   akk_raw, aqk, T, W, U = _intra_forward(q, k, v, G, g, beta, leaf_idx)
   eG, kdec, decay = _decays(G, g, leaf_idx)
@@ -535,11 +544,9 @@ def _core_bwd(C, scale, res, cts):
   # the forward (``_after``): merged with the forward's, they would be kept alive from
   # the start of the forward to the end of the backward.
   wait = _after(Vn) + _after(dS_T)
-  q_in, k_in, v_in, g_in, beta_in = (x + wait for x in (q_in, k_in, v_in, g_in, beta_in))
-  q, k, v, g, beta = (_to_chunk_major(x, C) for x in (q_in, k_in, v_in, g_in, beta_in))
-  q = q * scale
+  q, k, v, g, beta, G = _chunk_inputs(
+      C, scale, *(x + wait for x in (q_in, k_in, v_in, g_in, beta_in)))
   dO = _to_chunk_major(dO, C)
-  G = _chunk_cumsum(g)
   eG, kdec, decay = _decays(G, g, leaf_idx)
   # State pass, reverse over chunks. dS is the gradient of the state at a chunk's end:
   #   dVn = Aqk^T dO + Kg dS,   dS_start = decay dS + Qg^T dO - W^T dVn.
@@ -596,13 +603,14 @@ def kda_chunked(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_stat
   # Segment i waits for segment i-1's state (_after): XLA then runs them one after the
   # other and reuses one segment's temporaries for the next.
   parts = [jnp.split(x, n, axis=1) for x in xs]
+  scale = float(scale)
   S, Os = S0, []
   for i in range(n):
     seg = [p[i] for p in parts]
     if i:
       wait = _after(S)
       seg = [x + wait for x in seg]
-    O_i, S = _chunked_core(C, float(scale), *seg, S)
+    O_i, S = _chunked_core(C, scale, *seg, S)
     Os.append(O_i)
-  O = Os[0] if n == 1 else jnp.concatenate(Os, axis=1)
+  O = jnp.concatenate(Os, axis=1)
   return O[:, :T], S
