@@ -42,104 +42,104 @@ L2_EPS = 1e-6
 
 
 def l2_normalize(x):
-  """kda.md's L2Norm, ``x / sqrt(sum x^2 + 1e-6)`` over the last axis, computed in
-  float32 and returned in x's dtype: what q and k must go through before ``kda``."""
-  x32 = x.astype(jnp.float32)
-  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + L2_EPS)).astype(x.dtype)
+    """kda.md's L2Norm, ``x / sqrt(sum x^2 + 1e-6)`` over the last axis, computed in
+    float32 and returned in x's dtype: what q and k must go through before ``kda``."""
+    x32 = x.astype(jnp.float32)
+    return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + L2_EPS)).astype(x.dtype)
 
 
 def _is_concrete(x) -> bool:
-  return not isinstance(x, jax.core.Tracer)
+    return not isinstance(x, jax.core.Tracer)
 
 
 def _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation):
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"kda: unknown implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
-  for name, x, nd in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("g", g, 4), ("beta", beta, 3)):
-    if getattr(x, "ndim", None) != nd:
-      raise ValueError(f"kda: {name} must have {nd} dimensions, got shape "
-                       f"{getattr(x, 'shape', None)}; expected layout q/k/g [B, T, H, K], "
-                       "v [B, T, H, V], beta [B, T, H].")
-    if jnp.dtype(x.dtype) not in _FLOAT_DTYPES:
-      raise ValueError(f"kda: {name} has dtype {x.dtype}; cast it to float32 or bfloat16.")
-  B, T, H, K = q.shape
-  if k.shape != q.shape:
-    raise ValueError(f"kda: k shape {k.shape} must equal q shape {q.shape}.")
-  if g.shape != q.shape:
-    raise ValueError(f"kda: g shape {g.shape} must equal q shape {q.shape} "
-                     "(one log-decay per key channel).")
-  if v.shape[:3] != (B, T, H):
-    raise ValueError(f"kda: v shape {v.shape} must be [B, T, H, V] = [{B}, {T}, {H}, V].")
-  if beta.shape != (B, T, H):
-    raise ValueError(f"kda: beta shape {beta.shape} must be [B, T, H] = {(B, T, H)}.")
-  if not (q.dtype == k.dtype == v.dtype):
-    raise ValueError(f"kda: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, "
-                     f"{v.dtype}; cast them to the same dtype.")
-  V = v.shape[-1]
-  if initial_state is not None:
-    if initial_state.shape != (B, H, K, V):
-      raise ValueError(f"kda: initial_state shape {initial_state.shape} must be "
-                       f"[B, H, K, V] = {(B, H, K, V)}.")
-    if initial_state.dtype != jnp.float32:
-      raise ValueError(f"kda: initial_state has dtype {initial_state.dtype}; the state is "
-                       "float32, pass initial_state.astype(jnp.float32).")
-  if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
-    raise ValueError(f"kda: chunk_size={chunk_size!r} must be a power of two >= 16 "
-                     "(e.g. 64, the default).")
-  # Value checks need concrete arrays; under jit/grad tracing they are skipped.
-  if _is_concrete(g):
-    g_np = np.asarray(jnp.asarray(g, jnp.float32))
-    if not np.all(np.isfinite(g_np)):
-      raise ValueError("kda: g contains non-finite values; g is a log-decay and must be "
-                       "finite and <= 0 (e.g. g = -exp(A_log) * softplus(...)).")
-    if np.any(g_np > 0):
-      raise ValueError(f"kda: g must be <= 0 (log of a decay in (0, 1]); max is "
-                       f"{g_np.max():.4g}. Compute it as a negative quantity.")
-  if _is_concrete(beta):
-    b_np = np.asarray(jnp.asarray(beta, jnp.float32))
-    if not np.all((b_np > 0) & (b_np < 1)):
-      raise ValueError("kda: beta must lie strictly inside (0, 1) (e.g. sigmoid of a "
-                       f"logit); got values in [{np.nanmin(b_np):.4g}, {np.nanmax(b_np):.4g}].")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"kda: unknown implementation={implementation!r}; use one of {IMPLEMENTATIONS}.")
+    for name, x, nd in (("q", q, 4), ("k", k, 4), ("v", v, 4), ("g", g, 4), ("beta", beta, 3)):
+        if getattr(x, "ndim", None) != nd:
+            raise ValueError(f"kda: {name} must have {nd} dimensions, got shape "
+                             f"{getattr(x, 'shape', None)}; expected layout q/k/g [B, T, H, K], "
+                             "v [B, T, H, V], beta [B, T, H].")
+        if jnp.dtype(x.dtype) not in _FLOAT_DTYPES:
+            raise ValueError(f"kda: {name} has dtype {x.dtype}; cast it to float32 or bfloat16.")
+    B, T, H, K = q.shape
+    if k.shape != q.shape:
+        raise ValueError(f"kda: k shape {k.shape} must equal q shape {q.shape}.")
+    if g.shape != q.shape:
+        raise ValueError(f"kda: g shape {g.shape} must equal q shape {q.shape} "
+                         "(one log-decay per key channel).")
+    if v.shape[:3] != (B, T, H):
+        raise ValueError(f"kda: v shape {v.shape} must be [B, T, H, V] = [{B}, {T}, {H}, V].")
+    if beta.shape != (B, T, H):
+        raise ValueError(f"kda: beta shape {beta.shape} must be [B, T, H] = {(B, T, H)}.")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"kda: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}; cast them to the same dtype.")
+    V = v.shape[-1]
+    if initial_state is not None:
+        if initial_state.shape != (B, H, K, V):
+            raise ValueError(f"kda: initial_state shape {initial_state.shape} must be "
+                             f"[B, H, K, V] = {(B, H, K, V)}.")
+        if initial_state.dtype != jnp.float32:
+            raise ValueError(f"kda: initial_state has dtype {initial_state.dtype}; the state is "
+                             "float32, pass initial_state.astype(jnp.float32).")
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size & (chunk_size - 1):
+        raise ValueError(f"kda: chunk_size={chunk_size!r} must be a power of two >= 16 "
+                         "(e.g. 64, the default).")
+    # Value checks need concrete arrays; under jit/grad tracing they are skipped.
+    if _is_concrete(g):
+        g_np = np.asarray(jnp.asarray(g, jnp.float32))
+        if not np.all(np.isfinite(g_np)):
+            raise ValueError("kda: g contains non-finite values; g is a log-decay and must be "
+                             "finite and <= 0 (e.g. g = -exp(A_log) * softplus(...)).")
+        if np.any(g_np > 0):
+            raise ValueError(f"kda: g must be <= 0 (log of a decay in (0, 1]); max is "
+                             f"{g_np.max():.4g}. Compute it as a negative quantity.")
+    if _is_concrete(beta):
+        b_np = np.asarray(jnp.asarray(beta, jnp.float32))
+        if not np.all((b_np > 0) & (b_np < 1)):
+            raise ValueError("kda: beta must lie strictly inside (0, 1) (e.g. sigmoid of a "
+                             f"logit); got values in [{np.nanmin(b_np):.4g}, {np.nanmax(b_np):.4g}].")
 
 
 def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
         chunk_size=64, implementation="xla", interpret=None):
-  """Kimi Delta Attention over a whole sequence.
+    """Kimi Delta Attention over a whole sequence.
 
-  Args:
-    q, k: ``[B, T, H, K]``, already L2-normalised by the caller (not normalised here).
-    v: ``[B, T, H, V]``; q, k, v share one dtype (float32 or bfloat16).
-    g: ``[B, T, H, K]`` natural-log decay per key channel, finite and ``<= 0``.
-    beta: ``[B, T, H]`` write strength in ``(0, 1)``.
-    scale: multiplies q; defaults to ``K ** -0.5``.
-    initial_state: optional float32 ``[B, H, K, V]``.
-    output_final_state: also return the float32 state after the last token.
-    chunk_size: chunk length of the xla/pallas paths, a power of two >= 16 (pallas also
-      needs it <= 128).
-    implementation: ``"reference" | "xla" | "pallas"``.
-    interpret: pallas only; ``None`` picks interpret mode on CPU (logged once).
+    Args:
+      q, k: ``[B, T, H, K]``, already L2-normalised by the caller (not normalised here).
+      v: ``[B, T, H, V]``; q, k, v share one dtype (float32 or bfloat16).
+      g: ``[B, T, H, K]`` natural-log decay per key channel, finite and ``<= 0``.
+      beta: ``[B, T, H]`` write strength in ``(0, 1)``.
+      scale: multiplies q; defaults to ``K ** -0.5``.
+      initial_state: optional float32 ``[B, H, K, V]``.
+      output_final_state: also return the float32 state after the last token.
+      chunk_size: chunk length of the xla/pallas paths, a power of two >= 16 (pallas also
+        needs it <= 128).
+      implementation: ``"reference" | "xla" | "pallas"``.
+      interpret: pallas only; ``None`` picks interpret mode on CPU (logged once).
 
-  Returns:
-    ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in v's dtype; ``final_state`` is the
-    float32 ``[B, H, K, V]`` state, or ``None`` unless ``output_final_state``.
+    Returns:
+      ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in v's dtype; ``final_state`` is the
+      float32 ``[B, H, K, V]`` state, or ``None`` unless ``output_final_state``.
 
-  Raises:
-    ValueError on bad shapes/dtypes/implementation. Value checks (g finite and <= 0,
-    beta in (0, 1)) run only on concrete arrays: under ``jit``/``grad`` tracing the
-    values are unknown and those checks are skipped.
-  """
-  _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation)
-  K = q.shape[-1]
-  scale = float(K ** -0.5 if scale is None else scale)
-  if implementation == "reference":
-    o, state = kda_reference(q, k, v, g, beta, scale=scale, initial_state_BHKV=initial_state)
-  elif implementation == "xla":
-    o, state = kda_chunked(q, k, v, g, beta, scale=scale, initial_state_BHKV=initial_state,
-                           chunk_size=chunk_size)
-  else:
-    from kernels.kda.pallas import kda_pallas, resolve_interpret
-    o, state = kda_pallas(q, k, v, g, beta, scale=scale, initial_state=initial_state,
-                          chunk_size=chunk_size, interpret=resolve_interpret(interpret))
-  o = o.astype(v.dtype)
-  return o, (state if output_final_state else None)
+    Raises:
+      ValueError on bad shapes/dtypes/implementation. Value checks (g finite and <= 0,
+      beta in (0, 1)) run only on concrete arrays: under ``jit``/``grad`` tracing the
+      values are unknown and those checks are skipped.
+    """
+    _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation)
+    K = q.shape[-1]
+    scale = float(K ** -0.5 if scale is None else scale)
+    if implementation == "reference":
+        o, state = kda_reference(q, k, v, g, beta, scale=scale, initial_state_BHKV=initial_state)
+    elif implementation == "xla":
+        o, state = kda_chunked(q, k, v, g, beta, scale=scale, initial_state_BHKV=initial_state,
+                               chunk_size=chunk_size)
+    else:
+        from kernels.kda.pallas import kda_pallas, resolve_interpret
+        o, state = kda_pallas(q, k, v, g, beta, scale=scale, initial_state=initial_state,
+                              chunk_size=chunk_size, interpret=resolve_interpret(interpret))
+    o = o.astype(v.dtype)
+    return o, (state if output_final_state else None)

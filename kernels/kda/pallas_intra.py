@@ -42,224 +42,224 @@ _F32 = jnp.float32
 
 
 def dot(a, b):
-  """``a @ b`` in float32."""
-  return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_HIGHEST,
-                         preferred_element_type=_F32)
+    """``a @ b`` in float32."""
+    return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=_HIGHEST,
+                           preferred_element_type=_F32)
 
 
 def dot_t(a, b):
-  """``a @ b^T`` in float32."""
-  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST,
-                         preferred_element_type=_F32)
+    """``a @ b^T`` in float32."""
+    return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST,
+                           preferred_element_type=_F32)
 
 
 def t_dot(a, b):
-  """``a^T @ b`` in float32."""
-  return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST,
-                         preferred_element_type=_F32)
+    """``a^T @ b`` in float32."""
+    return lax.dot_general(a, b, (((0,), (0,)), ((), ())), precision=_HIGHEST,
+                           preferred_element_type=_F32)
 
 
 def _iota(shape, dim):
-  return lax.broadcasted_iota(jnp.int32, shape, dim)
+    return lax.broadcasted_iota(jnp.int32, shape, dim)
 
 
 def _selector(C, lo):
-  """``P``: ``[16, C]`` 0/1 matrix with ``P[i, lo + i] = 1`` (block starting at ``lo``)."""
-  return (_iota((SUB, C), 1) == _iota((SUB, C), 0) + lo).astype(_F32)
+    """``P``: ``[16, C]`` 0/1 matrix with ``P[i, lo + i] = 1`` (block starting at ``lo``)."""
+    return (_iota((SUB, C), 1) == _iota((SUB, C), 0) + lo).astype(_F32)
 
 
 def _block_rows(ref, lo, scale=None):
-  x = ref[pl.ds(lo, SUB), :].astype(_F32)
-  return x if scale is None else x * scale
+    x = ref[pl.ds(lo, SUB), :].astype(_F32)
+    return x if scale is None else x * scale
 
 
 def _pair_decay(G_a):
-  """``exp(G_i - G_j)`` on a diagonal block, ``[16, 16, K]``, masked to ``j <= i``."""
-  i3 = _iota((SUB, SUB, 1), 0)
-  j3 = _iota((SUB, SUB, 1), 1)
-  expo = G_a[:, None, :] - G_a[None, :, :]
-  return jnp.exp(jnp.where(j3 <= i3, expo, 0.0))
+    """``exp(G_i - G_j)`` on a diagonal block, ``[16, 16, K]``, masked to ``j <= i``."""
+    i3 = _iota((SUB, SUB, 1), 0)
+    j3 = _iota((SUB, SUB, 1), 1)
+    expo = G_a[:, None, :] - G_a[None, :, :]
+    return jnp.exp(jnp.where(j3 <= i3, expo, 0.0))
 
 
 def _ref_row_factors(G, G_r, a, C):
-  """Row-/column-masked decay factors through reference row ``r = 16 a``.
+    """Row-/column-masked decay factors through reference row ``r = 16 a``.
 
-  Returns ``left [C, K] = exp(G_i - G_r)`` on rows of block ``a`` (else 0) and
-  ``right [C, K] = exp(G_r - G_j)`` on rows ``j < 16 a`` (else 0); both exponents <= 0.
-  """
-  row = _iota((C, 1), 0)
-  in_a = (row >= a * SUB) & (row < (a + 1) * SUB)
-  before = row < a * SUB
-  left = jnp.where(in_a, jnp.exp(jnp.where(in_a, G - G_r, 0.0)), 0.0)
-  right = jnp.where(before, jnp.exp(jnp.where(before, G_r - G, 0.0)), 0.0)
-  return left, right
+    Returns ``left [C, K] = exp(G_i - G_r)`` on rows of block ``a`` (else 0) and
+    ``right [C, K] = exp(G_r - G_j)`` on rows ``j < 16 a`` (else 0); both exponents <= 0.
+    """
+    row = _iota((C, 1), 0)
+    in_a = (row >= a * SUB) & (row < (a + 1) * SUB)
+    before = row < a * SUB
+    left = jnp.where(in_a, jnp.exp(jnp.where(in_a, G - G_r, 0.0)), 0.0)
+    right = jnp.where(before, jnp.exp(jnp.where(before, G_r - G, 0.0)), 0.0)
+    return left, right
 
 
 def _unit_lower_inverse16(A):
-  """``(I + A)^-1`` for strictly lower ``A [16, 16]`` by forward substitution, one row
-  per step: ``X_i = e_i - sum_{m<i} A_im X_m`` (row ``i`` picked by a mask)."""
-  r16 = _iota((SUB, 1), 0)
-  eye16 = (_iota((SUB, SUB), 0) == _iota((SUB, SUB), 1)).astype(_F32)
-  return lax.fori_loop(1, SUB, lambda i, X: X - dot(jnp.where(r16 == i, A, 0.0), X), eye16)
+    """``(I + A)^-1`` for strictly lower ``A [16, 16]`` by forward substitution, one row
+    per step: ``X_i = e_i - sum_{m<i} A_im X_m`` (row ``i`` picked by a mask)."""
+    r16 = _iota((SUB, 1), 0)
+    eye16 = (_iota((SUB, SUB), 0) == _iota((SUB, SUB), 1)).astype(_F32)
+    return lax.fori_loop(1, SUB, lambda i, X: X - dot(jnp.where(r16 == i, A, 0.0), X), eye16)
 
 
 def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
-  """Shared forward math: returns ``(Akk_raw, Aqk, T)`` for one chunk (float32)."""
-  ns = C // SUB
-  q = q_ref[...].astype(_F32) * scale
-  k = k_ref[...].astype(_F32)
-  G = g_ref[...]
-  beta = b_ref[...]  # [C, 1]
-  i2, j2 = _iota((SUB, SUB), 0), _iota((SUB, SUB), 1)
+    """Shared forward math: returns ``(Akk_raw, Aqk, T)`` for one chunk (float32)."""
+    ns = C // SUB
+    q = q_ref[...].astype(_F32) * scale
+    k = k_ref[...].astype(_F32)
+    G = g_ref[...]
+    beta = b_ref[...]  # [C, 1]
+    i2, j2 = _iota((SUB, SUB), 0), _iota((SUB, SUB), 1)
 
-  def block(a, carry):
-    akk_off, akk_diag, aqk, x_diag = carry
-    lo = pl.multiple_of(a * SUB, SUB)
-    # Off-diagonal blocks of row block a (empty for a == 0: `right` is all zero).
-    left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
-    kr = k * right
-    akk_off = akk_off + dot_t(k * left, kr)
-    aqk = aqk + dot_t(q * left, kr)
-    # Diagonal block, pairwise.
-    k_a, q_a = _block_rows(k_ref, lo), _block_rows(q_ref, lo, scale)
-    decay = _pair_decay(g_ref[pl.ds(lo, SUB), :])
-    skk = jnp.where(j2 < i2, jnp.sum(k_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
-    sqk = jnp.where(j2 <= i2, jnp.sum(q_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
-    P = _selector(C, lo)
-    akk_diag = akk_diag + t_dot(P, dot(skk, P))
-    aqk = aqk + t_dot(P, dot(sqk, P))
-    X = _unit_lower_inverse16(b_ref[pl.ds(lo, SUB), :] * skk)
-    x_diag = x_diag + t_dot(P, dot(X, P))
-    return akk_off, akk_diag, aqk, x_diag
+    def block(a, carry):
+        akk_off, akk_diag, aqk, x_diag = carry
+        lo = pl.multiple_of(a * SUB, SUB)
+        # Off-diagonal blocks of row block a (empty for a == 0: `right` is all zero).
+        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
+        kr = k * right
+        akk_off = akk_off + dot_t(k * left, kr)
+        aqk = aqk + dot_t(q * left, kr)
+        # Diagonal block, pairwise.
+        k_a, q_a = _block_rows(k_ref, lo), _block_rows(q_ref, lo, scale)
+        decay = _pair_decay(g_ref[pl.ds(lo, SUB), :])
+        skk = jnp.where(j2 < i2, jnp.sum(k_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
+        sqk = jnp.where(j2 <= i2, jnp.sum(q_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
+        P = _selector(C, lo)
+        akk_diag = akk_diag + t_dot(P, dot(skk, P))
+        aqk = aqk + t_dot(P, dot(sqk, P))
+        X = _unit_lower_inverse16(b_ref[pl.ds(lo, SUB), :] * skk)
+        x_diag = x_diag + t_dot(P, dot(X, P))
+        return akk_off, akk_diag, aqk, x_diag
 
-  zeros = jnp.zeros((C, C), _F32)
-  akk_off, akk_diag, aqk, x_diag = lax.fori_loop(0, ns, block, (zeros,) * 4)
-  # Block forward substitution over block rows: T_a = X_aa (P_a - A_a,<a T_<a).
-  a_off = beta * akk_off
-  row = _iota((C, 1), 0)
+    zeros = jnp.zeros((C, C), _F32)
+    akk_off, akk_diag, aqk, x_diag = lax.fori_loop(0, ns, block, (zeros,) * 4)
+    # Block forward substitution over block rows: T_a = X_aa (P_a - A_a,<a T_<a).
+    a_off = beta * akk_off
+    row = _iota((C, 1), 0)
 
-  def block_row(a, T):
-    rows_a = (row >= a * SUB) & (row < (a + 1) * SUB)
-    return T - dot(x_diag, dot(jnp.where(rows_a, a_off, 0.0), T))
+    def block_row(a, T):
+        rows_a = (row >= a * SUB) & (row < (a + 1) * SUB)
+        return T - dot(x_diag, dot(jnp.where(rows_a, a_off, 0.0), T))
 
-  T = lax.fori_loop(1, ns, block_row, x_diag)
-  return akk_off + akk_diag, aqk, T
+    T = lax.fori_loop(1, ns, block_row, x_diag)
+    return akk_off + akk_diag, aqk, T
 
 
 def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, *, scale, C):
-  _, aqk, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
-  beta = b_ref[...]
-  k = k_ref[...].astype(_F32)
-  w_ref[...] = dot(T, beta * jnp.exp(g_ref[...]) * k)
-  u_ref[...] = dot(T, beta * v_ref[...].astype(_F32))
-  aqk_ref[...] = aqk
+    _, aqk, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
+    beta = b_ref[...]
+    k = k_ref[...].astype(_F32)
+    w_ref[...] = dot(T, beta * jnp.exp(g_ref[...]) * k)
+    u_ref[...] = dot(T, beta * v_ref[...].astype(_F32))
+    aqk_ref[...] = aqk
 
 
 def _decayed_row_col(M, x, y, G, g_ref, x_ref, y_ref, x_scale, C):
-  """For lower-triangular ``M [C, C]``: ``row_i = sum_j M_ij y_j e^{G_i - G_j}`` and
-  ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (both ``[C, K]``), stably.
+    """For lower-triangular ``M [C, C]``: ``row_i = sum_j M_ij y_j e^{G_i - G_j}`` and
+    ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (both ``[C, K]``), stably.
 
-  ``x_ref, y_ref`` hold x (times ``x_scale``) and y for the diagonal blocks."""
-  r = _iota((C, 1), 0)
-  c = _iota((1, C), 1)
+    ``x_ref, y_ref`` hold x (times ``x_scale``) and y for the diagonal blocks."""
+    r = _iota((C, 1), 0)
+    c = _iota((1, C), 1)
 
-  def block(a, carry):
-    row_out, col_out = carry
-    lo = pl.multiple_of(a * SUB, SUB)
-    left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
-    in_a = (r >= lo) & (r < lo + SUB)
-    M_a = jnp.where(in_a & (c < lo), M, 0.0)  # block row a, columns before it
-    row_out = row_out + left * dot(M_a, y * right)
-    col_out = col_out + right * t_dot(M_a, x * left)
-    P = _selector(C, lo)
-    M_aa = dot_t(dot(P, M), P)  # [16, 16] diagonal block
-    md = M_aa[:, :, None] * _pair_decay(g_ref[pl.ds(lo, SUB), :])
-    y_a, x_a = _block_rows(y_ref, lo), _block_rows(x_ref, lo, x_scale)
-    row_out = row_out + t_dot(P, jnp.sum(md * y_a[None, :, :], axis=1))
-    col_out = col_out + t_dot(P, jnp.sum(md * x_a[:, None, :], axis=0))
-    return row_out, col_out
+    def block(a, carry):
+        row_out, col_out = carry
+        lo = pl.multiple_of(a * SUB, SUB)
+        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
+        in_a = (r >= lo) & (r < lo + SUB)
+        M_a = jnp.where(in_a & (c < lo), M, 0.0)  # block row a, columns before it
+        row_out = row_out + left * dot(M_a, y * right)
+        col_out = col_out + right * t_dot(M_a, x * left)
+        P = _selector(C, lo)
+        M_aa = dot_t(dot(P, M), P)  # [16, 16] diagonal block
+        md = M_aa[:, :, None] * _pair_decay(g_ref[pl.ds(lo, SUB), :])
+        y_a, x_a = _block_rows(y_ref, lo), _block_rows(x_ref, lo, x_scale)
+        row_out = row_out + t_dot(P, jnp.sum(md * y_a[None, :, :], axis=1))
+        col_out = col_out + t_dot(P, jnp.sum(md * x_a[:, None, :], axis=0))
+        return row_out, col_out
 
-  zeros = jnp.zeros(x.shape, _F32)
-  return lax.fori_loop(0, C // SUB, block, (zeros, zeros))
+    zeros = jnp.zeros(x.shape, _F32)
+    return lax.fori_loop(0, C // SUB, block, (zeros, zeros))
 
 
 def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_ref,
                       dq1_ref, dk1_ref, dg1_ref,
                       dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale, C):
-  akk_raw, _, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
-  q = q_ref[...].astype(_F32) * scale
-  k = k_ref[...].astype(_F32)
-  v = v_ref[...].astype(_F32)
-  G = g_ref[...]
-  beta = b_ref[...]
-  eG = jnp.exp(G)
-  bk = beta * eG * k
-  bv = beta * v
-  dW, dU = dw_ref[...], du_ref[...]
-  r = _iota((C, C), 0)
-  c = _iota((C, C), 1)
-  dT = jnp.where(c <= r, dot_t(dU, bv) + dot_t(dW, bk), 0.0)
-  d_bv = t_dot(T, dU)
-  d_bk = t_dot(T, dW)
-  dA = jnp.where(c < r, -t_dot(T, dot_t(dT, T)), 0.0)  # d(beta * Akk_raw)
-  dbeta = (jnp.sum(v * d_bv, axis=1, keepdims=True)
-           + jnp.sum(eG * k * d_bk, axis=1, keepdims=True)
-           + jnp.sum(dA * akk_raw, axis=1, keepdims=True))
-  dv = beta * d_bv
-  dk = beta * eG * d_bk + dk1_ref[...]
-  dG = bk * d_bk + dg1_ref[...]
-  dq = dq1_ref[...]
-  # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij.
-  kk_row, kk_col = _decayed_row_col(beta * dA, k, k, G, g_ref, k_ref, k_ref, None, C)
-  # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk (lower incl. diagonal).
-  daqk = jnp.where(c <= r, daqk_ref[...], 0.0)
-  qk_row, qk_col = _decayed_row_col(daqk, q, k, G, g_ref, q_ref, k_ref, scale, C)
-  dk = dk + kk_row + kk_col + qk_col
-  dq = dq + qk_row
-  dG = dG + k * (kk_row - kk_col) + q * qk_row - k * qk_col
-  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
-  dk_ref[...] = dk.astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
-  dg_ref[...] = dG
-  db_ref[...] = dbeta
+    akk_raw, _, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
+    q = q_ref[...].astype(_F32) * scale
+    k = k_ref[...].astype(_F32)
+    v = v_ref[...].astype(_F32)
+    G = g_ref[...]
+    beta = b_ref[...]
+    eG = jnp.exp(G)
+    bk = beta * eG * k
+    bv = beta * v
+    dW, dU = dw_ref[...], du_ref[...]
+    r = _iota((C, C), 0)
+    c = _iota((C, C), 1)
+    dT = jnp.where(c <= r, dot_t(dU, bv) + dot_t(dW, bk), 0.0)
+    d_bv = t_dot(T, dU)
+    d_bk = t_dot(T, dW)
+    dA = jnp.where(c < r, -t_dot(T, dot_t(dT, T)), 0.0)  # d(beta * Akk_raw)
+    dbeta = (jnp.sum(v * d_bv, axis=1, keepdims=True)
+             + jnp.sum(eG * k * d_bk, axis=1, keepdims=True)
+             + jnp.sum(dA * akk_raw, axis=1, keepdims=True))
+    dv = beta * d_bv
+    dk = beta * eG * d_bk + dk1_ref[...]
+    dG = bk * d_bk + dg1_ref[...]
+    dq = dq1_ref[...]
+    # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij.
+    kk_row, kk_col = _decayed_row_col(beta * dA, k, k, G, g_ref, k_ref, k_ref, None, C)
+    # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk (lower incl. diagonal).
+    daqk = jnp.where(c <= r, daqk_ref[...], 0.0)
+    qk_row, qk_col = _decayed_row_col(daqk, q, k, G, g_ref, q_ref, k_ref, scale, C)
+    dk = dk + kk_row + kk_col + qk_col
+    dq = dq + qk_row
+    dG = dG + k * (kk_row - kk_col) + q * qk_row - k * qk_col
+    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+    dg_ref[...] = dG
+    db_ref[...] = dbeta
 
 
 def _chunk_spec(C, D):
-  return pl.BlockSpec((None, None, C, D), lambda b, h, n: (b, h, n, 0))
+    return pl.BlockSpec((None, None, C, D), lambda b, h, n: (b, h, n, 0))
 
 
 def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret):
-  """``q, k, G: [B, H, Tp, K]``, ``v: [B, H, Tp, V]``, ``beta: [B, H, Tp, 1]`` ->
-  ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``, ``Aqk [B, H, Tp, C]`` (float32)."""
-  B, H, Tp, K = q.shape
-  V = v.shape[-1]
-  f32 = jax.ShapeDtypeStruct
-  return pl.pallas_call(
-      functools.partial(_intra_fwd_kernel, scale=scale, C=C),
-      grid=(B, H, Tp // C),
-      in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
-                _chunk_spec(C, 1)],
-      out_specs=[_chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C)],
-      out_shape=[f32((B, H, Tp, K), _F32), f32((B, H, Tp, V), _F32), f32((B, H, Tp, C), _F32)],
-      compiler_params=compiler_params, interpret=interpret, name="kda_intra_fwd",
-  )(q, k, v, G, beta)
+    """``q, k, G: [B, H, Tp, K]``, ``v: [B, H, Tp, V]``, ``beta: [B, H, Tp, 1]`` ->
+    ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``, ``Aqk [B, H, Tp, C]`` (float32)."""
+    B, H, Tp, K = q.shape
+    V = v.shape[-1]
+    f32 = jax.ShapeDtypeStruct
+    return pl.pallas_call(
+        functools.partial(_intra_fwd_kernel, scale=scale, C=C),
+        grid=(B, H, Tp // C),
+        in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
+                  _chunk_spec(C, 1)],
+        out_specs=[_chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C)],
+        out_shape=[f32((B, H, Tp, K), _F32), f32((B, H, Tp, V), _F32), f32((B, H, Tp, C), _F32)],
+        compiler_params=compiler_params, interpret=interpret, name="kda_intra_fwd",
+    )(q, k, v, G, beta)
 
 
 def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compiler_params,
               interpret):
-  """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dG``, ``dbeta`` (f32)."""
-  B, H, Tp, K = q.shape
-  V = v.shape[-1]
-  sds = jax.ShapeDtypeStruct
-  return pl.pallas_call(
-      functools.partial(_intra_bwd_kernel, scale=scale, C=C),
-      grid=(B, H, Tp // C),
-      in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
-                _chunk_spec(C, 1), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C),
-                _chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, K)],
-      out_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
-                 _chunk_spec(C, 1)],
-      out_shape=[sds(q.shape, q.dtype), sds(k.shape, k.dtype), sds(v.shape, v.dtype),
-                 sds((B, H, Tp, K), _F32), sds((B, H, Tp, 1), _F32)],
-      compiler_params=compiler_params, interpret=interpret, name="kda_intra_bwd",
-  )(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1)
+    """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dG``, ``dbeta`` (f32)."""
+    B, H, Tp, K = q.shape
+    V = v.shape[-1]
+    sds = jax.ShapeDtypeStruct
+    return pl.pallas_call(
+        functools.partial(_intra_bwd_kernel, scale=scale, C=C),
+        grid=(B, H, Tp // C),
+        in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
+                  _chunk_spec(C, 1), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C),
+                  _chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, K)],
+        out_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
+                   _chunk_spec(C, 1)],
+        out_shape=[sds(q.shape, q.dtype), sds(k.shape, k.dtype), sds(v.shape, v.dtype),
+                   sds((B, H, Tp, K), _F32), sds((B, H, Tp, 1), _F32)],
+        compiler_params=compiler_params, interpret=interpret, name="kda_intra_bwd",
+    )(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1)
