@@ -30,7 +30,8 @@ from typing import Mapping
 
 import numpy as np
 
-from analysis.results import FLOPS_PER_PFLOP_S_DAY, AnalysisWarning, Sweep, _check_convention
+from analysis.results import AnalysisWarning, Sweep, check_convention
+from analysis.units import FLOPS_PER_PFLOP_S_DAY
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.json$")
 TRAILING = "trailing"
@@ -95,7 +96,7 @@ def load_position_evals(sweep: Sweep, convention: str = "exact") -> PositionEval
     skipped with one :class:`AnalysisWarning`; buckets with no tokens (a ``null`` loss)
     are left out. Returns empty ``bucket_data`` when no run has been evaluated.
     """
-    _check_convention(convention)
+    check_convention(convention)
     if sweep.source is None or not Path(sweep.source).is_dir():
         return PositionEvals({}, {}, {})
     per_label: dict[str, dict[str, list[tuple[float, float]]]] = {}

@@ -3,7 +3,9 @@
 A sweep directory, as written by the sweep runner, looks like::
 
     DIR/results.jsonl          one JSON object per finished run (arm, size, parameter
-                               counts, tokens, budget, final_val_loss, status, ...)
+                               counts, tokens, budget, final_val_loss, status, and
+                               optionally the arm's ``arm_display`` name and
+                               ``arm_colour`` colormap for figures, ...)
     DIR/<run>/metrics.jsonl    one JSON object per logged step; ``val_loss`` appears only
                                on evaluation steps, next to the cumulative FLOPs so far
                                in both conventions (``flops_exact``, ``flops_6nd``)
@@ -30,8 +32,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-FLOPS_PER_PFLOP_S_DAY = 1e15 * 86_400  # 8.64e19
-CONVENTIONS = ("exact", "6nd")
+from analysis import arm_style
+from analysis.units import CONVENTIONS, FLOPS_PER_PFLOP_S_DAY  # noqa: F401  (re-exported)
 
 
 class AnalysisError(ValueError):
@@ -70,7 +72,7 @@ class RunCurve:
 
     def flops_in(self, convention: str = "exact") -> np.ndarray:
         """Cumulative FLOPs at each evaluation in ``convention``."""
-        _check_convention(convention)
+        check_convention(convention)
         if convention not in self.flops:
             raise AnalysisError(
                 f"run {self.run!r} has no {convention!r} FLOPs (it has "
@@ -95,17 +97,41 @@ class Sweep:
     """The usable runs of a sweep, and what was left out and why.
 
     ``runs`` is sorted by (arm order of first appearance, non-embedding size).
-    ``skipped`` maps a run name to the reason it was dropped.
+    ``skipped`` maps a run name to the reason it was dropped. ``arm_display`` and
+    ``arm_colour`` hold the display names and colour families (matplotlib colormap
+    names) the result files declare, per arm; arms without them are shown by their own
+    name in an automatic colour (:meth:`display_name`, :meth:`colour_family`).
     """
 
     runs: tuple[RunCurve, ...]
     source: Path | None = None
     skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    arm_display: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    arm_colour: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def arms(self) -> list[str]:
         """Arm names in order of first appearance."""
         return list(dict.fromkeys(r.arm for r in self.runs))
+
+    def display_name(self, arm: str) -> str:
+        """The arm's declared display name (``arm_display``), else its own name."""
+        return arm_style.display_name(arm, self.arm_display)
+
+    def colour_family(self, arm: str) -> str:
+        """The arm's colormap name: its declared ``arm_colour`` unless an earlier arm of the
+        sweep has it, else an automatic one distinct from the other arms'."""
+        return self.colour_families[arm]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """``{arm: display name}`` for every arm (the ``labels=`` of the figure functions)."""
+        return arm_style.display_names(self.arms, self.arm_display)
+
+    @property
+    def colour_families(self) -> dict[str, str]:
+        """``{arm: colormap name}`` for every arm, as :meth:`colour_family`."""
+        return arm_style.colour_families(self.arms, self.arm_colour)
 
     def by_arm(self, arm: str) -> list[RunCurve]:
         """The runs of one arm, smallest model first."""
@@ -126,9 +152,34 @@ class Sweep:
         return C, L, [r.run for r in runs]
 
 
-def _check_convention(convention: str) -> None:
+def check_convention(convention: str) -> None:
+    """Raises :class:`AnalysisError` unless the analysis can read ``convention``."""
     if convention not in CONVENTIONS:
         raise AnalysisError(f"unknown FLOP convention {convention!r}; use one of {CONVENTIONS}")
+
+
+_check_convention = check_convention  # the name before it was public
+
+
+def _arm_styles(rows: Iterable[Mapping], where) -> tuple[dict[str, str], dict[str, str]]:
+    """``({arm: arm_display}, {arm: arm_colour})`` from records that carry those optional
+    fields (non-empty strings). Records of one arm that disagree: the first wins, with a
+    warning."""
+    found: dict[str, dict[str, str]] = {"arm_display": {}, "arm_colour": {}}
+    clashes = []
+    for row in rows:
+        for key, per_arm in found.items():
+            value = row.get(key)
+            if not isinstance(value, str) or not value.strip():
+                continue
+            value = value.strip()
+            first = per_arm.setdefault(row["arm"], value)
+            if first != value:
+                clashes.append(f"{row['arm']} {key} {first!r} vs {value!r}")
+    if clashes:
+        warnings.warn(f"{where}: runs of one arm disagree ({'; '.join(dict.fromkeys(clashes))}); "
+                      "using the first value", AnalysisWarning, stacklevel=3)
+    return found["arm_display"], found["arm_colour"]
 
 
 def _finite(x) -> bool:
@@ -221,7 +272,10 @@ def load_sweep(directory: str | Path) -> Sweep:
             f"curve ({'; '.join(f'{k}: {v}' for k, v in skipped.items())}); rerun them "
             "or check the metrics files"
         )
-    return Sweep(runs=_sorted_runs(runs), source=root, skipped=skipped)
+    used = {r.run for r in runs}
+    display, colour = _arm_styles((rec for name, rec in done.items() if name in used), index)
+    return Sweep(runs=_sorted_runs(runs), source=root, skipped=skipped, arm_display=display,
+                 arm_colour=colour)
 
 
 class _SkipRun(Exception):
@@ -285,7 +339,8 @@ def curves_from_csv(path: str | Path, convention: str = "exact") -> Sweep:
     """Load curves from a CSV with columns ``arm, run, compute_pflops_days | flops, val_loss``.
 
     One row per (run, evaluation); an optional ``size`` column names the model size
-    (default: the run name). Use it for curves digitised from a paper or exported from
+    (default: the run name), optional ``arm_display`` / ``arm_colour`` columns the arm's
+    display name and colormap (as in ``results.jsonl``). Use it for curves digitised from a paper or exported from
     another codebase. ``convention`` records which FLOP count the compute column uses
     (the papers' charts use ``"6nd"``); plots and fits must then be asked for that
     convention. Rows with a missing or non-finite loss drop their whole run, with a warning.
@@ -293,7 +348,7 @@ def curves_from_csv(path: str | Path, convention: str = "exact") -> Sweep:
     Raises:
         AnalysisError: missing file or columns, or no run left with finite values.
     """
-    _check_convention(convention)
+    check_convention(convention)
     path = Path(path)
     if not path.is_file():
         raise AnalysisError(f"{path} does not exist; pass the path of a CSV file")
@@ -310,6 +365,7 @@ def curves_from_csv(path: str | Path, convention: str = "exact") -> Sweep:
     scale = FLOPS_PER_PFLOP_S_DAY if compute_col == "compute_pflops_days" else 1.0
 
     grouped: dict[str, list[tuple[float, float]]] = {}
+    styled: list[dict] = []
     meta: dict[str, tuple[str, str]] = {}
     skipped: dict[str, str] = {}
     for i, row in enumerate(rows, 2):
@@ -317,6 +373,7 @@ def curves_from_csv(path: str | Path, convention: str = "exact") -> Sweep:
         if not run or not arm:
             raise AnalysisError(f"{path}:{i} has an empty arm or run; every row needs both")
         meta.setdefault(run, (arm, (row.get("size") or run).strip()))
+        styled.append({**row, "arm": arm, "run": run})
         try:
             c, l = float(row[compute_col]) * scale, float(row["val_loss"])
         except (TypeError, ValueError):
@@ -334,4 +391,6 @@ def curves_from_csv(path: str | Path, convention: str = "exact") -> Sweep:
         runs.append(RunCurve(run=run, arm=arm, size=size, val_loss=arr[:, 1], flops={convention: arr[:, 0]}))
     if not runs:
         raise AnalysisError(f"{path}: no run has finite compute and loss; check the values")
-    return Sweep(runs=_sorted_runs(runs), source=path, skipped=skipped)
+    display, colour = _arm_styles((r for r in styled if r["run"] not in skipped), path)
+    return Sweep(runs=_sorted_runs(runs), source=path, skipped=skipped, arm_display=display,
+                 arm_colour=colour)
