@@ -68,7 +68,7 @@ SEQ_LEN = 4096
 
 
 def mla_layer_params(d: int, heads: int) -> int:
-    """One MLA layer at MLA's shapes (analysis.flops.mla_params agrees)."""
+    """One MLA layer at MLA's shapes (moba_jax.attention.mla.mla_params agrees)."""
     dc, dr, hd = MLA["kv_latent_dim"], MLA["rope_dim"], HEAD_DIM
     return d * heads * (hd + dr) + d * dc + dc + 2 * dc * heads * hd + d * dr + heads * hd * d
 

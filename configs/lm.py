@@ -12,6 +12,7 @@ import ml_collections
 
 from moba_jax.data import default_data_config
 from moba_jax.model import default_model_config
+from moba_jax.sharding import default_rules_config
 
 SIZES = {
     # name: d_model, n_layers, n_heads, n_kv_heads, head_dim, mlp_dim
@@ -55,7 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = default_data_config()
     c.train = train_config()
     c.eval = ml_collections.ConfigDict(dict(points=16, batches=8))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical-axis sharding rules (moba_jax/sharding.py), overridable per run, e.g.
+    # --config.mesh.rules.mlp=fsdp or --config.mesh.rules.embed="" (replicated).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                            rules=default_rules_config()))
     c.checkpoint = ml_collections.ConfigDict(dict(max_to_keep=2))
     return c
 
@@ -80,7 +84,7 @@ def paper_sizes(table, lrs, head_dim: int, attn_params) -> tuple[dict, list[floa
     hidden, tokens)``; ``attn_params(d, heads)`` is one attention layer's
     parameter count. Papers rarely give the MLP width, so each size gets the
     SwiGLU width (a multiple of 128) whose non-embedding count (attention +
-    SwiGLU + two norms per layer, plus the final norm, as analysis.flops counts)
+    SwiGLU + two norms per layer, plus the final norm, as moba_jax.accounting counts)
     is closest to the target. Budgets are ``6 N D`` with that N and the table's
     tokens.
     """

@@ -15,7 +15,7 @@ Overrides: ``--config.arms=full --config.budgets=1e11,3e11,1e12,3e12``,
 ``--config.base.mesh.fsdp=4``.
 
 Budgets are training FLOPs in ``budget_convention`` (``"exact"`` by default,
-see analysis/flops.py); one budget per size, paired in order. Each run's token
+see moba_jax/accounting.py); one budget per size, paired in order. Each run's token
 count is its budget divided by its own FLOPs per token, and its learning-rate
 schedule spans exactly those tokens.
 """

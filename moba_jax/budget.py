@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from analysis import flops
+from moba_jax import accounting
+from moba_jax.attention import get_attention
+from moba_jax.model import layer_kinds
 
 
 class RunConfigError(ValueError):
@@ -20,8 +22,9 @@ class RunLength:
     """Steps, tokens and FLOPs of a run.
 
     A run has one or two *phases*: with ``train.switch_to_full_at = f`` (MoBA's
-    hybrid recipe) every MoBA layer becomes full attention from step
-    ``switch_step = round(f * steps)`` on, and FLOPs per token change there.
+    hybrid recipe) every layer whose kind has a ``switch_target`` (MoBA: full
+    attention) runs as that kind from step ``switch_step = round(f * steps)`` on,
+    and FLOPs per token change there.
     """
     steps: int
     tokens_per_step: int
@@ -46,16 +49,23 @@ class RunLength:
         return {c: v / max(self.tokens, 1) for c, v in total.items()}
 
 
-def flops_per_token_all(model_cfg, seq_len: int) -> dict[str, float]:
-    return {c: flops.train_flops_per_token(model_cfg, seq_len, c) for c in flops.CONVENTIONS}
-
-
 def switched_model_config(model_cfg):
-    """The model config of the second phase: every ``moba`` layer becomes ``full``."""
+    """The model config of a hybrid schedule's second phase.
+
+    Every layer whose kind names a ``switch_target`` (MoBA: ``"full"``) runs as that
+    kind; the others stay. The pattern is written out layer by layer, so hybrids
+    (``full_attention_last_n``, cycled patterns) keep every other layer as it was.
+    """
     cfg = model_cfg.copy_and_resolve_references()
-    cfg.attention_pattern = ",".join(
-        "full" if p.strip() == "moba" else p.strip() for p in str(cfg.attention_pattern).split(","))
+    kinds = layer_kinds(cfg)
+    cfg.attention_pattern = ",".join(get_attention(k).switch_target or k for k in kinds)
+    cfg.full_attention_last_n = 0
     return cfg
+
+
+def switchable_kinds(model_cfg) -> list[str]:
+    """The model's kinds that a hybrid schedule can switch (those with a ``switch_target``)."""
+    return [k for k in dict.fromkeys(layer_kinds(model_cfg)) if get_attention(k).switch_target]
 
 
 def run_length(model_cfg, train_cfg) -> RunLength:
@@ -63,13 +73,16 @@ def run_length(model_cfg, train_cfg) -> RunLength:
     if not 0.0 <= frac < 1.0:
         raise RunConfigError(f"train.switch_to_full_at={frac} must be in [0, 1) (0 = never; "
                              "0.9 = MoBA for the first 90% of tokens, full attention after)")
-    if frac > 0 and "moba" not in str(model_cfg.attention_pattern):
-        raise RunConfigError("train.switch_to_full_at is set but the model has no 'moba' layers "
-                             f"(attention_pattern={model_cfg.attention_pattern!r})")
+    if frac > 0 and not switchable_kinds(model_cfg):
+        raise RunConfigError(
+            "train.switch_to_full_at is set but no layer of the model can switch: "
+            f"attention_pattern={model_cfg.attention_pattern!r} has no kind with a switch target "
+            "(e.g. 'moba' switches to 'full'); unset train.switch_to_full_at or use such a kind")
     base = _single_phase_length(model_cfg, train_cfg)
     if frac == 0.0:
         return base
-    after = flops_per_token_all(switched_model_config(model_cfg), int(train_cfg.seq_len))
+    after = accounting.train_flops_per_token_all(switched_model_config(model_cfg),
+                                                 int(train_cfg.seq_len))
     conv, tps = base.convention, base.tokens_per_step
 
     def make(steps):
@@ -95,7 +108,7 @@ def _single_phase_length(model_cfg, train_cfg) -> RunLength:
     if batch <= 0:
         raise RunConfigError(f"train.global_batch={batch} must be positive")
     tps = seq_len * batch
-    fpt = flops_per_token_all(model_cfg, seq_len)
+    fpt = accounting.train_flops_per_token_all(model_cfg, seq_len)
     set_fields = [f for f in ("budget_flops", "tokens", "steps") if float(train_cfg.get(f, 0) or 0) > 0]
     if len(set_fields) != 1:
         raise RunConfigError(

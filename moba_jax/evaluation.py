@@ -177,12 +177,12 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     def loss_fn(params, batch):
         losses, mask = token_losses(spec, params, batch)
         return losses * mask, mask
-    with shd.activation_sharding(mesh):
+    with shd.activation_sharding(mesh, run.rules):
         total, count, t_tot, t_cnt = position_losses(
             jax.jit(loss_fn), run.params, rows, lengths >= seq_len, int(e.batch_size), mesh,
             progress)
     trailing_loss = (float(t_tot[-trailing:].sum()), float(t_cnt[-trailing:].sum()))
-    retrieval = run_probes(spec, run.params, data.val_rows, e, mesh)
+    retrieval = run_probes(spec, run.params, data.val_rows, e, mesh, run.rules)
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "step": run.step,
               "seq_len": seq_len, "train_seq_len": int(config.train.seq_len),
               "bucket_size": bucket, "trailing_size": trailing, "documents": int(len(rows)),
@@ -199,13 +199,13 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     return result
 
 
-def run_probes(spec, params, val_rows, e, mesh) -> dict:
+def run_probes(spec, params, val_rows, e, mesh, rules=shd.DEFAULT_RULES) -> dict:
     """Needle and MQAR grids for the configured lengths (empty dict if none)."""
     from moba_jax import probes
     filler = val_rows.reshape(-1)
     filler = filler[filler < 256].astype(np.int32)
     out = {}
-    with shd.activation_sharding(mesh):
+    with shd.activation_sharding(mesh, rules):
         fn = jax.jit(lambda t: spec.apply(params, t))
         try:
             if str(e.needle_lengths).strip():

@@ -7,7 +7,10 @@ the physical mesh axes ``data``, ``fsdp`` and ``tensor``; changing the
 parallelism of a run is a matter of changing the mesh shape in the config, never
 the model code.
 
-Rules (logical name -> mesh axes):
+Default rules (logical name -> mesh axes); a run's rules live in its config as
+``mesh.rules`` (one string field per logical name, mesh axes comma-separated, ``""``
+for replicated), so any run can override them, e.g. ``--config.mesh.rules.mlp=fsdp``
+or ``--config.mesh.rules.embed=""``:
 
 ===========  ===================  =============================================
 logical      mesh axes            meaning
@@ -47,6 +50,34 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 class MeshConfigError(ValueError):
     """The requested mesh does not fit the available devices."""
+
+
+def default_rules_config() -> dict[str, str]:
+    """``DEFAULT_RULES`` as config fields: ``{logical name: "axis,axis"}``."""
+    return {name: axes if isinstance(axes, str) else ",".join(axes) for name, axes in DEFAULT_RULES}
+
+
+def rules_from_config(rules_cfg) -> tuple[tuple[str, Any], ...]:
+    """The rules table of a config's ``mesh.rules`` (``None``: the defaults).
+
+    Each field maps a logical axis name to mesh axes, comma-separated (``"data,fsdp"``),
+    or to ``""`` / ``"none"`` for a replicated axis.
+    """
+    if rules_cfg is None:
+        return DEFAULT_RULES
+    items = rules_cfg.items() if hasattr(rules_cfg, "items") else rules_cfg
+    rules = []
+    for name, value in items:
+        value = "" if value is None else str(value)
+        axes = tuple(a.strip() for a in value.split(",") if a.strip() and a.strip().lower() != "none")
+        bad = [a for a in axes if a not in MESH_AXES]
+        if bad:
+            raise MeshConfigError(
+                f"mesh.rules.{name}={value!r}: unknown mesh axis {bad[0]!r}; use mesh axes "
+                f"from {MESH_AXES}, comma-separated, or \"\" to replicate")
+        if axes:
+            rules.append((name, axes[0] if len(axes) == 1 else axes))
+    return tuple(rules)
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,

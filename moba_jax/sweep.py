@@ -38,7 +38,7 @@ import uuid
 
 import ml_collections
 
-from analysis import flops as flops_lib
+from moba_jax import accounting, units
 from moba_jax import claims
 from moba_jax.budget import RunConfigError, run_length
 from moba_jax.model import validate_model_config
@@ -72,7 +72,7 @@ class RunPlan:
         return {"run": self.name, "arm": self.arm, "size": self.size,
                 "n_params_nonembed": self.n_params_nonembed, "steps": self.steps,
                 "tokens": self.tokens, "budget_flops": self.budget_flops,
-                "pflops_days": flops_lib.to_pflops_days(self.budget_flops)}
+                "pflops_days": units.to_pflops_days(self.budget_flops)}
 
 
 def _names(field: str, value: str) -> list[str]:
@@ -139,7 +139,7 @@ def plan_sweep(cfg) -> list[RunPlan]:
                 raise SweepConfigError(f"run {arm}/{size}: {e}") from None
             name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
             plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
-                                 flops_lib.non_embedding_params(run_cfg.model),
+                                 accounting.non_embedding_params(run_cfg.model),
                                  length.flops_per_token))
     return plans
 
@@ -157,10 +157,10 @@ def format_plan(plans: list[RunPlan], convention: str) -> str:
     for p in plans:
         lines.append(f"{p.name:<{w}}{p.n_params_nonembed:>15,}{p.tokens:>18,}{p.steps:>9}"
                      f"{p.flops_per_token['6nd']:>12.3g}{p.flops_per_token['exact']:>13.3g}"
-                     f"{p.budget_flops:>14.3g}{flops_lib.to_pflops_days(p.budget_flops):>14.3g}")
+                     f"{p.budget_flops:>14.3g}{units.to_pflops_days(p.budget_flops):>14.3g}")
     total = sum(p.budget_flops for p in plans)
     lines.append(f"total: {len(plans)} runs, {total:.3g} {convention} FLOPs = "
-                 f"{flops_lib.to_pflops_days(total):.3g} PFLOP/s-days")
+                 f"{units.to_pflops_days(total):.3g} PFLOP/s-days")
     return "\n".join(lines)
 
 
@@ -174,7 +174,7 @@ def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
             res = json.load(f)
         row = {"run": p.name, "arm": p.arm, "size": p.size, "status": "done", **res}
         for c in ("exact", "6nd"):
-            row[f"pflops_days_{c}"] = flops_lib.to_pflops_days(res[f"flops_{c}"])
+            row[f"pflops_days_{c}"] = units.to_pflops_days(res[f"flops_{c}"])
         rows.append(row)
     return rows
 
@@ -315,7 +315,7 @@ def format_status(workdir: str, plans: list[RunPlan], convention: str,
     for s in states:
         p = s["plan"]
         lines.append(f"{p.name:<{w}}{s['state']:<9}{p.budget_flops:>14.3g}"
-                     f"{flops_lib.to_pflops_days(p.budget_flops):>14.3g}  {s['detail']}".rstrip())
+                     f"{units.to_pflops_days(p.budget_flops):>14.3g}  {s['detail']}".rstrip())
     parts = []
     for k in ("done", "running", "failed", "pending"):
         sel = [s["plan"].budget_flops for s in states if s["state"] == k]

@@ -3,8 +3,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from analysis import flops
-from moba_jax.model import default_model_config
+from moba_jax import accounting, units
+from moba_jax.attention import kda
+from moba_jax.attention.full import qkvo_flops
+from moba_jax.model import default_model_config, layer_kinds
 from moba_jax.train.state import init_params, model_spec
 
 SIZES = {
@@ -29,7 +31,7 @@ def test_compiled_count_matches_xla(size, seq_len):
     cfg = default_model_config()
     cfg.update(SIZES[size])
     batch = 2
-    ours = flops.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
+    ours = accounting.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
     xla = xla_forward_flops(cfg, batch, seq_len)
     assert abs(ours - xla) / xla < 0.05, f"ours {ours:.4g} vs XLA {xla:.4g}"
 
@@ -37,23 +39,23 @@ def test_compiled_count_matches_xla(size, seq_len):
 def test_conventions_and_units():
     cfg = default_model_config()
     T = 256
-    fwd_exact = flops.forward_flops_per_token(cfg, T, "exact")
-    fwd_comp = flops.forward_flops_per_token(cfg, T, "compiled")
+    fwd_exact = accounting.forward_flops_per_token(cfg, T, "exact")
+    fwd_comp = accounting.forward_flops_per_token(cfg, T, "compiled")
     # Causal attention needs (T+1)/2 keys per query on average; dense computes T.
-    attn_core = lambda f: f["attention"] - cfg.n_layers * flops.qkvo_flops(cfg)
+    attn_core = lambda f: f["attention"] - cfg.n_layers * qkvo_flops(cfg)
     assert attn_core(fwd_exact) / attn_core(fwd_comp) == pytest.approx((T + 1) / (2 * T))
-    assert flops.train_flops_per_token(cfg, T, "exact") == pytest.approx(3 * fwd_exact["total"])
-    assert flops.train_flops_per_token(cfg, T, "6nd") == 6 * flops.non_embedding_params(cfg)
-    assert flops.to_pflops_days(8.64e19) == pytest.approx(1.0)
+    assert accounting.train_flops_per_token(cfg, T, "exact") == pytest.approx(3 * fwd_exact["total"])
+    assert accounting.train_flops_per_token(cfg, T, "6nd") == 6 * accounting.non_embedding_params(cfg)
+    assert units.to_pflops_days(8.64e19) == pytest.approx(1.0)
 
 
 # --- KDA, MLA and the Kimi Linear hybrid -------------------------------------------
 #
 # How the KDA "compiled" count is compared with XLA. The chunked KDA path
-# (kernels/kda/chunked.py) runs a lax.scan over the T / C chunks, and XLA's cost
+# (kernels/kda) runs a lax.scan over the T / C chunks, and XLA's cost
 # analysis counts a loop body once, not once per trip. Our "compiled" count is what
 # the program really computes: every scan step. So the test adds back to XLA's number
-# exactly the unseen trips, from our own formula (flops.kda_uncounted_by_xla). What
+# exactly the unseen trips, from our own formula (kda.kda_uncounted_by_xla). What
 # this checks: everything outside the loop (including the usual branch of the
 # leaf-size switch, which XLA counts as its largest branch), one loop body, and the
 # per-token bookkeeping (chunks, padding, heads). What it cannot check against XLA:
@@ -81,9 +83,9 @@ def kimi_cfg(size, pattern, n_layers=None, rope=False):
 def test_kda_mla_compiled_count_matches_xla(size, pattern, n_layers, seq_len):
     cfg = kimi_cfg(size, pattern, n_layers, rope=pattern == "mla")
     batch = 2
-    ours = flops.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
-    unseen = sum(flops.kda_uncounted_by_xla(cfg, seq_len)
-                 for k in flops.layer_kinds(cfg) if k == "kda") * batch * seq_len
+    ours = accounting.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
+    unseen = sum(kda.kda_uncounted_by_xla(cfg, seq_len)
+                 for k in layer_kinds(cfg) if k == "kda") * batch * seq_len
     xla = xla_forward_flops(cfg, batch, seq_len) + unseen
     assert abs(ours - xla) / xla < 0.05, f"ours {ours:.4g} vs XLA (+ loop trips) {xla:.4g}"
 
@@ -95,22 +97,22 @@ def test_kda_mla_param_counts_match_model(pattern, q_latent_dim):
     cfg = kimi_cfg("s", pattern, n_layers=4)
     cfg.attention.mla.q_latent_dim = q_latent_dim
     counts = param_counts(model_spec(cfg).param_shapes)
-    assert counts["non_embedding"] == flops.non_embedding_params(cfg)
-    assert flops.train_flops_per_token(cfg, 256, "6nd") == 6 * counts["non_embedding"]
+    assert counts["non_embedding"] == accounting.non_embedding_params(cfg)
+    assert accounting.train_flops_per_token(cfg, 256, "6nd") == 6 * counts["non_embedding"]
 
 
 def test_kda_exact_count_is_the_design_formula():
     cfg = kimi_cfg("m", "kda")
     d, C, T = cfg.head_dim, cfg.attention.kda.chunk_size, 1024
-    attn = flops.forward_flops_per_token(cfg, T, "exact")["attention"]
-    core = attn - cfg.n_layers * flops.kda_projection_flops(cfg)
+    attn = accounting.forward_flops_per_token(cfg, T, "exact")["attention"]
+    core = attn - cfg.n_layers * kda.kda_projection_flops(cfg)
     # kda.md: about 6 T d^2 + 3 T C d + T C^2 per head and sequence.
     assert core == pytest.approx(cfg.n_layers * cfg.n_heads * (6 * d * d + 3 * C * d + C * C))
     # Linear in T: the per-token cost does not grow with the context, attention's does.
-    assert flops.forward_flops_per_token(cfg, 4 * T, "exact")["attention"] == pytest.approx(attn)
+    assert accounting.forward_flops_per_token(cfg, 4 * T, "exact")["attention"] == pytest.approx(attn)
     mla = kimi_cfg("m", "mla")
-    grow = lambda c: (flops.forward_flops_per_token(c, 4 * T, "exact")["attention"]
-                      / flops.forward_flops_per_token(c, T, "exact")["attention"])
+    grow = lambda c: (accounting.forward_flops_per_token(c, 4 * T, "exact")["attention"]
+                      / accounting.forward_flops_per_token(c, T, "exact")["attention"])
     assert grow(mla) > 2.0
 
 
@@ -126,6 +128,6 @@ def test_moba_compiled_count_matches_xla(impl, seq_len, last_full):
     cfg.update(attention_pattern="moba", full_attention_last_n=last_full)
     cfg.attention.moba.update(block_size=64, top_k=3, implementation=impl)
     batch = 1
-    ours = flops.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
+    ours = accounting.forward_flops_per_token(cfg, seq_len, "compiled")["total"] * batch * seq_len
     xla = xla_forward_flops(cfg, batch, seq_len)
     assert abs(ours - xla) / xla < 0.05, f"ours {ours:.4g} vs XLA {xla:.4g}"

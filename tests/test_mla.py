@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from analysis import flops
+from moba_jax import units
+from moba_jax.attention.mla import mla_cache_per_token
 from configs import kimi_linear_paper
 from moba_jax import layers
 from moba_jax.attention.mla import MLAttention
@@ -87,7 +88,7 @@ def test_nope_ignores_positions_and_rope_is_relative():
 def test_cache_size_per_token():
     cfg = mla_cfg(kv_latent_dim=24, rope_dim=8)
     layer = MLAttention(cfg, 0, rngs=nnx.Rngs(0))
-    assert layer.cache_size_per_token() == 24 + 8 == flops.mla_cache_per_token(cfg)
+    assert layer.cache_size_per_token() == 24 + 8 == mla_cache_per_token(cfg)
     # Versus the 2 * H * d_h numbers per token that multi-head attention caches.
     assert layer.cache_size_per_token() < 2 * cfg.n_heads * cfg.head_dim
 
@@ -118,5 +119,5 @@ def test_kimi_linear_paper_dry_run_matches_table():
         assert mla.config.train.seq_len == 4096
     # scaling.md: the paper's runs sit at 1.76 to 15.1 PFLOP/s-days (6ND, published N);
     # our N is within 0.5% of it.
-    pfd = sorted(flops.to_pflops_days(p.budget_flops) for p in plans)
+    pfd = sorted(units.to_pflops_days(p.budget_flops) for p in plans)
     assert pfd[0] == pytest.approx(1.76, rel=0.01) and pfd[-1] == pytest.approx(15.1, rel=0.01)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from analysis import flops
+from moba_jax import accounting, units
+from moba_jax.attention.moba import moba_keys_per_token
 from configs import moba_paper
 from kernels.moba.reference import selected_block_mask
 from moba_jax.budget import RunConfigError, run_length
@@ -55,7 +56,7 @@ def test_exact_moba_pairs_match_selection_mask(T, bs, k):
     allowed = blocks[:, :, np.arange(T) // bs]                                  # [T, H, S]
     allowed &= np.tril(np.ones((T, T), bool))[:, None, :]
     pairs = allowed.sum() / blocks.shape[1]                                     # per head
-    keys, _ = flops.moba_keys_per_token(T, bs, k)
+    keys, _ = moba_keys_per_token(T, bs, k)
     assert keys * T == pytest.approx(pairs)
 
 
@@ -63,12 +64,12 @@ def test_moba_6nd_equals_full_and_exact_is_cheaper():
     cfg = moba_cfg(block_size=32, top_k=3)
     full = moba_cfg(attention_pattern="full")
     T = 512
-    assert flops.train_flops_per_token(cfg, T, "6nd") == flops.train_flops_per_token(full, T, "6nd")
-    assert flops.train_flops_per_token(cfg, T, "exact") < flops.train_flops_per_token(full, T, "exact")
+    assert accounting.train_flops_per_token(cfg, T, "6nd") == accounting.train_flops_per_token(full, T, "6nd")
+    assert accounting.train_flops_per_token(cfg, T, "exact") < accounting.train_flops_per_token(full, T, "exact")
     # T <= top_k * Bs: MoBA needs the causal pairs plus its gating and pooling.
     small = moba_cfg(block_size=32, top_k=3)
-    a = flops.forward_flops_per_token(small, 64, "exact")["attention"]
-    b = flops.forward_flops_per_token(full, 64, "exact")["attention"]
+    a = accounting.forward_flops_per_token(small, 64, "exact")["attention"]
+    b = accounting.forward_flops_per_token(full, 64, "exact")["attention"]
     assert a > b and a - b < 0.05 * b
 
 
@@ -99,5 +100,5 @@ def test_moba_paper_dry_run_matches_table1():
         if p.arm == "moba":
             assert p.config.model.attention.moba.block_size == 512
             assert p.config.model.attention.moba.top_k == 3
-    pfd = sorted({round(flops.to_pflops_days(p.budget_flops), 2) for p in plans})
+    pfd = sorted({round(units.to_pflops_days(p.budget_flops), 2) for p in plans})
     assert pfd[0] == pytest.approx(0.41, abs=0.01) and pfd[-1] == pytest.approx(5.38, abs=0.02)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from analysis import flops
+from moba_jax import accounting
 from moba_jax.model import TransformerLM, default_model_config, layer_kinds, param_counts
 from moba_jax.train.state import model_spec
 
@@ -39,8 +39,8 @@ def test_param_accounting_matches_model(tie):
     cfg = small_cfg(tie_embeddings=tie)
     spec = model_spec(cfg)
     counts = param_counts(spec.param_shapes)
-    assert counts["non_embedding"] == flops.non_embedding_params(cfg)
-    assert counts["embedding"] == flops.embedding_params(cfg)
+    assert counts["non_embedding"] == accounting.non_embedding_params(cfg)
+    assert counts["embedding"] == accounting.embedding_params(cfg)
 
 
 def test_reference_and_xla_attention_agree():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from analysis import flops
+from moba_jax import accounting
 from configs.scaling import get_config
 from moba_jax.sweep import plan_sweep
 from tests.helpers import read_jsonl, run_cli
@@ -60,4 +60,4 @@ def test_plan_is_compute_matched():
     for p in plan_sweep(cfg):
         per_step = p.flops_per_token["exact"] * p.tokens / p.steps
         assert p.steps * per_step <= p.budget_flops < (p.steps + 1) * per_step
-        assert p.n_params_nonembed == flops.non_embedding_params(p.config.model)
+        assert p.n_params_nonembed == accounting.non_embedding_params(p.config.model)

@@ -68,6 +68,7 @@ i.e. linear in ``T``.
 from kernels.moba.ops import (IMPLEMENTATIONS, BlockSizes, moba_attention,
                               moba_select_blocks)
 from kernels.moba.reference import moba_attention_reference
+from kernels.moba.cost import scored_pairs_per_token
 
 __all__ = ["BlockSizes", "IMPLEMENTATIONS", "moba_attention", "moba_attention_reference",
-           "moba_select_blocks"]
+           "moba_select_blocks", "scored_pairs_per_token"]

@@ -14,24 +14,33 @@ import jax.numpy as jnp
 from kernels.moba import selection
 
 
-def selected_block_mask(q_BTHD: jax.Array, k_BTHD: jax.Array, *, block_size: int,
-                        top_k: int) -> jax.Array:
-    """``[B, T, Hq, N]`` bool: block ``i`` is attended by token ``t`` of query head ``h``."""
-    t = q_BTHD.shape[1]
-    n = selection.num_blocks(t, block_size)
-    gates_BTHN = selection.gate_scores(q_BTHD, k_BTHD, block_size)
-    past_TN = selection.past_block_mask(t, block_size)
-    past_BTHN = past_TN[None, :, None, :]
+def selected_block_mask(q_BSHD: jax.Array, k_BTHD: jax.Array, *, block_size: int,
+                        top_k: int, q_positions_S: jax.Array | None = None) -> jax.Array:
+    """``[B, S, Hq, N]`` bool: block ``i`` is attended by query ``s`` of query head ``h``.
+
+    Queries sit at ``q_positions_S`` (default ``0 .. S-1``, the training case where
+    queries and keys are the same ``T`` tokens); a decoder passes the positions of its
+    new tokens and the whole key cache, whose complete past blocks are what the rank
+    test sees. A query at position ``t`` keeps its current block ``t // block_size``
+    and the past blocks (``i < t // block_size``) that fewer than ``top_k - 1`` other
+    past blocks outrank (higher gate; ties to the lower index).
+    """
+    s_len = q_BSHD.shape[1]
+    n = selection.num_blocks(k_BTHD.shape[1], block_size)
+    if q_positions_S is None:
+        q_positions_S = jnp.arange(s_len)
+    gates_BSHN = selection.gate_scores(q_BSHD, k_BTHD, block_size)
     blk_N = jnp.arange(n)
+    current_S1 = (q_positions_S // block_size)[:, None]
+    past_BSHN = (blk_N[None, :] < current_S1)[None, :, None, :]
     # beats[..., i, j]: past block j outranks past block i.
-    g_i = gates_BTHN[..., :, None]
-    g_j = gates_BTHN[..., None, :]
+    g_i = gates_BSHN[..., :, None]
+    g_j = gates_BSHN[..., None, :]
     beats = (g_j > g_i) | ((g_j == g_i) & (blk_N[None, :] < blk_N[:, None]))
-    beats &= past_BTHN[..., None, :]
-    rank_BTHN = beats.sum(axis=-1)
-    chosen_past = past_BTHN & (rank_BTHN < top_k - 1)
-    current_TN = blk_N[None, :] == (jnp.arange(t) // block_size)[:, None]
-    return chosen_past | current_TN[None, :, None, :]
+    beats &= past_BSHN[..., None, :]
+    rank_BSHN = beats.sum(axis=-1)
+    chosen_past = past_BSHN & (rank_BSHN < top_k - 1)
+    return chosen_past | (blk_N[None, :] == current_S1)[None, :, None, :]
 
 
 def moba_attention_reference(q_BTHD: jax.Array, k_BTHD: jax.Array, v_BTHD: jax.Array, *,

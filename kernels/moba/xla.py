@@ -20,14 +20,15 @@ from kernels.moba.dispatch import Geometry, Plan
 _CHUNK_SCORE_ELEMENTS = 1 << 20
 
 
-def _items_per_step(geo: Geometry, bg: int) -> int:
+def items_per_step(geo: Geometry, bg: int) -> int:
+    """Work items per ``lax.scan`` step (each step's score tiles hold about 2^20 elements)."""
     per_item = bg * geo.rows_per_tile * geo.block_size
     return max(1, min(geo.num_items, _CHUNK_SCORE_ELEMENTS // per_item))
 
 
 def _chunked_items(plan: Plan, geo: Geometry, bg: int):
     """Item arrays reshaped to ``[steps, BG, C]`` (padded with skipped items)."""
-    c = _items_per_step(geo, bg)
+    c = items_per_step(geo, bg)
     steps = -(-geo.num_items // c)
     pad = steps * c - geo.num_items
 

@@ -22,6 +22,23 @@ from moba_jax.sharding import constrain
 IMPLEMENTATIONS = ("reference", "xla", "cudnn")
 
 
+# --- accounting shared by the softmax attentions with q, k, v, o projections ----
+
+def qkvo_params(cfg) -> int:
+    """Parameters of ``W_q, W_k, W_v, W_o`` (grouped-query: ``n_kv_heads`` key/value heads)."""
+    return cfg.d_model * cfg.head_dim * (2 * cfg.n_heads + 2 * cfg.n_kv_heads)
+
+
+def qkvo_flops(cfg) -> float:
+    """Per-token forward FLOPs of the q, k, v, o projections."""
+    return 2.0 * qkvo_params(cfg)
+
+
+def causal_pairs_per_token(seq_len: int) -> float:
+    """Mean number of keys per query under a causal mask: ``(T + 1) / 2``."""
+    return (seq_len + 1) / 2.0
+
+
 def causal_attention_reference(q_BTHD, k_BTKD, v_BTKD, *, scale=None):
     """Dense causal GQA softmax attention in float32 (the oracle)."""
     b, t, hq, d = q_BTHD.shape
@@ -53,6 +70,10 @@ class QKVOAttention(nnx.Module):
 
     Subclasses implement :meth:`attend` on the projected ``q, k, v``.
     """
+
+    @staticmethod
+    def param_count(cfg) -> int:
+        return qkvo_params(cfg)
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         d, hq, hkv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -128,9 +149,20 @@ class QKVOAttention(nnx.Module):
 class FullAttention(QKVOAttention):
     """Causal softmax attention over every earlier position."""
 
+    display_name = "Full Attention"
+    colour_family = "Blues"
+
     @staticmethod
     def default_options() -> dict:
         return dict(implementation="xla", rope=True)
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """Projections plus ``QK^T`` and ``PV`` (``2 head_dim`` each per query head and key):
+        over the ``(T+1)/2`` causal keys ("exact"), over all ``T`` keys as the dense
+        program computes them ("compiled")."""
+        keys = seq_len if convention == "compiled" else causal_pairs_per_token(seq_len)
+        return qkvo_flops(cfg) + 4.0 * cfg.head_dim * cfg.n_heads * keys
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)

@@ -94,13 +94,118 @@ class ShortConv(nnx.Module):
         return y
 
 
+# --- accounting ------------------------------------------------------------------
+
+KDA_SUB_CHUNK = 16   # kernels/kda/chunked.py: block size of the triangular inverse
+
+
+def kda_params(cfg) -> int:
+    """Parameters of one KDA layer: W_q, W_k, W_v, three short convs, the low-rank
+    decay and gate projections, A_log, dt_bias, W_beta, the output norm, W_o."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    conv = int(cfg.attention.kda.conv_size)
+    return (3 * d * h * hd + 3 * conv * h * hd + 2 * (d * hd + hd * h * hd)
+            + h + h * hd + d * h + hd + h * hd * d)
+
+
+def kda_projection_flops(cfg) -> float:
+    """Per-token forward FLOPs around the recurrence: q/k/v/o projections, the short
+    convolutions (one multiply-add per tap and channel), the low-rank decay and gate
+    and the beta projection."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    conv = int(cfg.attention.kda.conv_size)
+    return (2.0 * 4 * d * h * hd + 2.0 * 3 * conv * h * hd
+            + 2.0 * 2 * (d * hd + hd * h * hd) + 2.0 * d * h)
+
+
+def kda_core_exact_per_token(head_dim: int, chunk: int, seq_len: int) -> float:
+    """kda.md's cost of the chunked algorithm per head: ``6 T d^2 + 3 T C d + T C^2``
+    per sequence, here per token; a sequence shorter than a chunk is one chunk of T."""
+    c = min(chunk, seq_len)
+    return 6.0 * head_dim ** 2 + 3.0 * c * head_dim + c * c
+
+
+def kda_chunk_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> dict[str, float]:
+    """FLOPs of one chunk and head of ``kernels.kda.chunked.kda_chunked``'s forward
+    (K = V = k) on its usual branch, where each chunk's decayed score matrices are one
+    factorised product (leaf = the whole chunk; the branches for strong decays compute
+    less, and XLA's cost analysis also counts a conditional as its largest branch):
+
+    - ``parallel``: everything batched over chunks: the q scaling, the in-chunk
+      cumulative sum of g (a product with a ``C x C`` triangle of ones, ``2 C^2 K``),
+      both score matrices (``4 C^2 K``) with their factors and masks, the blocked
+      inverse ``(I + beta Akk)^-1`` (16 x 16 diagonal blocks by row updates, then block
+      rows), ``W`` and ``U`` (``4 C^2 K``) and the output ``(e^G q) S + Aqk Vn``;
+    - ``scan``: one step of the sequential scan over chunks (``W S`` and ``Kg^T Vn``
+      and the element-wise updates). XLA counts a loop body once, whatever its trip
+      count.
+    """
+    ns = c // s
+    scores = 4 * c * c * k + 6 * c * k + 2 * c * c
+    inverse = ((s - 1) * ns * (2 * s * s + s)
+               + sum(2 * s * (a * s) * c + 2 * s * s * c + s * c for a in range(1, ns)))
+    intra = c * c + 4 * c * c * k + 4 * c * k         # beta Akk; W, U; their right sides
+    decays = 4 * c * k                                  # G_last - G, e^G q, e^.. k
+    output = 2 * c * k * k + 2 * c * c * k + c * k
+    parallel = k * c + 2 * c * c * k + scores + inverse + intra + decays + output
+    scan = 4 * c * k * k + c * k + 2 * k * k
+    return {"parallel": float(parallel), "scan": float(scan)}
+
+
+def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
+    """Per-token FLOPs of the recurrence as the configured path computes it (all heads)."""
+    o = cfg.attention.kda
+    h, k = cfg.n_heads, cfg.head_dim
+    if o.implementation == "reference":
+        # Token scan: decay, S^T k, delta update (outer product), S^T q.
+        return h * (2.0 * k * k + 2.0 * k * k + 3.0 * k * k + 2.0 * k * k)
+    c = int(o.chunk_size)
+    n = -(-seq_len // c)
+    per_chunk = sum(kda_chunk_compiled(c, k).values())
+    return h * n * per_chunk / seq_len
+
+
+def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
+    """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
+    not see: the scan body beyond its first trip. Used by the FLOP tests to compare
+    like with like; see ``kda_chunk_compiled``. This holds while the sequence runs as
+    one segment (``kernels.kda.chunked.num_segments``: up to about 1 MiB per q-sized
+    float32 tensor, batch x seq_len x heads x head_dim x 4 bytes); a longer input runs
+    as s segments, each with its own scan, and XLA then sees s trips."""
+    o = cfg.attention.kda
+    if o.implementation != "xla":
+        raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
+    c = int(o.chunk_size)
+    n = -(-seq_len // c)
+    terms = kda_chunk_compiled(c, cfg.head_dim)
+    return cfg.n_heads * (n - 1) * terms["scan"] / seq_len
+
+
 @register_attention("kda")
 class KDAttention(nnx.Module):
     """Kimi Delta Attention layer (see the module docstring)."""
 
+    display_name = "KDA"
+    colour_family = "Reds"
+
     @staticmethod
     def default_options() -> dict:
         return dict(implementation="xla", chunk_size=64, conv_size=4, rope=False)
+
+    @staticmethod
+    def param_count(cfg) -> int:
+        return kda_params(cfg)
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """Projections around the recurrence plus the recurrence itself: kda.md's
+        chunked cost ("exact"), or what the configured path computes ("compiled")."""
+        if convention == "compiled":
+            core = kda_core_compiled_per_token(cfg, seq_len)
+        else:
+            core = cfg.n_heads * kda_core_exact_per_token(
+                cfg.head_dim, int(cfg.attention.kda.chunk_size), seq_len)
+        return kda_projection_flops(cfg) + core
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         opts = cfg.attention.kda

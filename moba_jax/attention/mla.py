@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moba_jax import layers
+from moba_jax.attention.full import causal_pairs_per_token
 from moba_jax.attention.registry import register_attention
 from moba_jax.sharding import constrain
 
@@ -65,14 +66,69 @@ def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: st
                      f"choose one of {IMPLEMENTATIONS}")
 
 
+# --- accounting ------------------------------------------------------------------
+
+def _mla_dims(cfg):
+    o = cfg.attention.mla
+    return int(o.kv_latent_dim), int(o.rope_dim), int(o.q_latent_dim)
+
+
+def mla_params(cfg) -> int:
+    """Parameters of one MLA layer (latent projections, their norms, W_o)."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    dc, dr, dq = _mla_dims(cfg)
+    q = d * dq + dq + dq * h * (hd + dr) if dq else d * h * (hd + dr)
+    kv = d * dc + dc + 2 * dc * h * hd + d * dr
+    return q + kv + h * hd * d
+
+
+def mla_projection_flops(cfg) -> float:
+    """Per-token forward FLOPs of MLA's projections: q (direct or low-rank), the kv
+    latent, the per-head key/value up-projections, the shared rope key and ``W_o``."""
+    d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
+    dc, dr, dq = _mla_dims(cfg)
+    q = 2.0 * (d * dq + dq * h * (hd + dr)) if dq else 2.0 * d * h * (hd + dr)
+    return q + 2.0 * (d * dc + 2 * dc * h * hd + d * dr) + 2.0 * h * hd * d
+
+
+def mla_cache_per_token(cfg) -> int:
+    """Numbers cached per token by one MLA layer when decoding: ``d_c + d_r``."""
+    dc, dr, _ = _mla_dims(cfg)
+    return dc + dr
+
+
 @register_attention("mla")
 class MLAttention(nnx.Module):
     """DeepSeek-V2 multi-head latent attention (see the module docstring)."""
+
+    display_name = "MLA"
+    colour_family = "Blues"
 
     @staticmethod
     def default_options() -> dict:
         return dict(kv_latent_dim=64, rope_dim=16, q_latent_dim=0, rope=True,
                     implementation="xla")
+
+    @staticmethod
+    def param_count(cfg) -> int:
+        return mla_params(cfg)
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """QK^T over ``head_dim + rope_dim`` and PV over ``head_dim`` per (head, key) pair.
+
+        "compiled": every path scores all ``T`` keys; the xla path zero-pads v to
+        ``head_dim + rope_dim`` (``jax.nn.dot_product_attention`` needs one width), so
+        its PV product is that wide too.
+        """
+        h, hd = cfg.n_heads, cfg.head_dim
+        _, dr, _ = _mla_dims(cfg)
+        if convention == "compiled":
+            keys = seq_len
+            pv = hd + dr if cfg.attention.mla.implementation == "xla" else hd
+        else:
+            keys, pv = causal_pairs_per_token(seq_len), hd
+        return mla_projection_flops(cfg) + 2.0 * h * keys * ((hd + dr) + pv)
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         opts = cfg.attention.mla

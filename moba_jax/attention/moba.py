@@ -16,21 +16,59 @@ switched to full attention for the last part of the run
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from kernels.moba import IMPLEMENTATIONS, moba_attention
-from moba_jax.attention.full import QKVOAttention
+from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
+from kernels.moba.reference import selected_block_mask
+from moba_jax.attention.full import QKVOAttention, qkvo_flops
 from moba_jax.attention.registry import register_attention
+
+
+def moba_keys_per_token(seq_len: int, block_size: int, top_k: int) -> tuple[float, float]:
+    """Exact mean over positions of (attended keys, past blocks gated) per query.
+
+    Token ``t`` attends the ``t mod Bs + 1`` causal keys of its current block plus
+    ``Bs`` keys for each of ``min(top_k - 1, c(t))`` selected past blocks, and its
+    gate scores all ``c(t) = t // Bs`` past blocks.
+    """
+    t = np.arange(seq_len)
+    c = t // block_size
+    keys = (t % block_size + 1) + np.minimum(top_k - 1, c) * block_size
+    return float(keys.mean()), float(c.mean())
 
 
 @register_attention("moba")
 class MoBAAttention(QKVOAttention):
 
+    display_name = "MoBA"
+    colour_family = "Reds"
+    switch_target = "full"      # same parameters: the paper's MoBA-then-full recipe
+
     @staticmethod
     def default_options() -> dict:
         return dict(block_size=64, top_k=3, implementation="xla", rope=True)
+
+    @staticmethod
+    def flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """"exact": the keys each query attends (current block causally plus the chosen
+        past blocks), its gate over every past block's pooled key, and the pooling.
+        "compiled": every path scores each query against every block's pooled key
+        (then masks the non-past ones); the reference scores all ``T`` keys, the sparse
+        paths the tiles of their work list (:func:`kernels.moba.scored_pairs_per_token`)."""
+        o = cfg.attention.moba
+        bs, k = int(o.block_size), int(o.top_k)
+        hd, hq, hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        if convention == "exact":
+            keys, gated = moba_keys_per_token(seq_len, bs, k)
+            pooling = hd * hkv                # one add per key element into its block mean
+            return qkvo_flops(cfg) + 4.0 * hd * hq * keys + 2.0 * hd * hq * gated + pooling
+        gate = 2.0 * hd * hq * -(-seq_len // bs) + hd * hkv
+        if o.implementation == "reference":
+            return qkvo_flops(cfg) + 4.0 * hd * hq * seq_len + gate
+        pairs = scored_pairs_per_token(seq_len, hq, hkv, hd, bs, k)
+        return qkvo_flops(cfg) + 4.0 * hd * pairs + gate
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
@@ -54,28 +92,13 @@ class MoBAAttention(QKVOAttention):
     def cached_mask(self, q_BSHD, k_BLKD, q_pos_S, kv_len):
         """Exact MoBA selection for new queries against cached keys.
 
-        A query at position t gates the pooled keys of its complete past blocks
-        (``i < t // Bs``; these are fully written in the cache), keeps the best
-        ``top_k - 1`` (ties toward the lower block) plus its current block,
-        causally. This reproduces the training-time forward pass exactly, so
-        decoding logits equal those of a full forward pass.
+        The reference's rank test (:func:`kernels.moba.reference.selected_block_mask`)
+        at the new queries' positions: only complete past blocks are gated, and these
+        are fully written in the cache, so decoding logits equal those of a full
+        forward pass.
         """
-        b, s_len, hq, d = q_BSHD.shape
-        max_len, hkv = k_BLKD.shape[1], k_BLKD.shape[2]
-        bs = self.block_size
-        n = -(-max_len // bs)
-        k = jnp.pad(k_BLKD.astype(jnp.float32), ((0, 0), (0, n * bs - max_len), (0, 0), (0, 0)))
-        kbar = k.reshape(b, n, bs, hkv, d).mean(axis=2)                         # [B, N, K, D]
-        qg = q_BSHD.astype(jnp.float32).reshape(b, s_len, hkv, hq // hkv, d)
-        gate = jnp.einsum("bskgd,bnkd->bskgn", qg, kbar,
-                          precision=jax.lax.Precision.HIGHEST).reshape(b, s_len, hq, n)
-        blk = jnp.arange(n)
-        current = (q_pos_S // bs)[:, None]                                       # [S, 1]
-        past = (blk[None, :] < current)[None, :, None, :]                        # [1, S, 1, N]
-        g_i, g_j = gate[..., :, None], gate[..., None, :]
-        beats = (g_j > g_i) | ((g_j == g_i) & (blk[None, :] < blk[:, None]))
-        rank = (beats & past[..., None, :]).sum(-1)
-        chosen = (past & (rank < self.top_k - 1)) | (blk[None, :] == current)[None, :, None, :]
-        key_pos = jnp.arange(max_len)
-        allowed = jnp.take(chosen, key_pos // bs, axis=-1)                      # [B, S, H, L]
+        blocks_BSHN = selected_block_mask(q_BSHD, k_BLKD, block_size=self.block_size,
+                                          top_k=self.top_k, q_positions_S=q_pos_S)
+        key_pos = jnp.arange(k_BLKD.shape[1])
+        allowed = jnp.take(blocks_BSHN, key_pos // self.block_size, axis=-1)     # [B, S, H, L]
         return allowed & (key_pos[None, :] <= q_pos_S[:, None])[None, :, None, :]

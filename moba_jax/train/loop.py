@@ -26,7 +26,8 @@ from moba_jax import distributed
 from moba_jax import sharding as shd
 from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
-from moba_jax.model import param_counts, validate_model_config
+from moba_jax.attention import kind_sources
+from moba_jax.model import layer_kinds, param_counts, validate_model_config
 from moba_jax.train import checkpointing, metrics as mx, optim, state as st, step as stp
 
 log = logging.getLogger("moba_jax")
@@ -93,6 +94,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     """Trains one model as described by ``config`` into ``workdir`` (resuming if possible)."""
     t = config.train
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = shd.rules_from_config(config.mesh.get("rules"))
     _validate(config, mesh.shape["data"] * mesh.shape["fsdp"])
     length = run_length(config.model, t)
     is_main = jax.process_index() == 0
@@ -106,7 +108,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
 
     spec = st.model_spec(config.model, t.seed)
     tx, schedule = optim.make_optimizer(t, length.steps, spec.param_shapes, spec.metadata)
-    state_sh = st.state_shardings(spec, tx, mesh)
+    state_sh = st.state_shardings(spec, tx, mesh, rules)
     batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
     distributed.check_batch_layout(batch_sh, t.global_batch, t.seq_len)
     distributed.install_preemption_handler()
@@ -118,7 +120,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     train_iter = data.train_iterator()
     start_step = 0
     latest = ckpt.latest_step()
-    with shd.activation_sharding(mesh):
+    with shd.activation_sharding(mesh, rules):
         if latest is not None:
             state, data_state, meta = ckpt.restore(latest, st.abstract_state(spec, tx, state_sh))
             if meta.get("fingerprint") != fingerprint:
@@ -143,6 +145,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                         "train_flops_per_token_after_switch": length.flops_per_token_after,
                         "budget_flops": length.budget_flops, "budget_convention": length.convention,
                         "params": counts, "mesh": dict(mesh.shape),
+                        "attention_kinds": kind_sources(layer_kinds(config.model)),
                         "devices": jax.device_count(), "processes": jax.process_count(),
                         "data": data.stats}
             mx.write_json_atomic(os.path.join(workdir, "config.json"), resolved)
@@ -151,11 +154,12 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         eval_fns = [stp.jit_eval_step(spec, state_sh["params"], batch_sh)]
         fpt = [length.flops_per_token]
         if length.switch_step is not None:
-            # Hybrid recipe: same parameters, MoBA layers run as full attention.
+            # Hybrid recipe: same parameters, switchable layers (MoBA) run as their target (full).
             spec2 = st.model_spec(switched_model_config(config.model), t.seed)
             if jax.tree.structure(spec2.param_shapes) != jax.tree.structure(spec.param_shapes):
                 raise RunConfigError("train.switch_to_full_at: the switched model's parameters "
-                                     "differ from the MoBA model's; only 'moba' layers can switch")
+                                     "differ from the model's; a kind's switch_target must have "
+                                     "exactly its parameters")
             train_fns.append(stp.jit_train_step(spec2, tx, schedule, t.grad_accum, state_sh, batch_sh))
             eval_fns.append(stp.jit_eval_step(spec2, state_sh["params"], batch_sh))
             fpt.append(length.flops_per_token_after)

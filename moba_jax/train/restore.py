@@ -18,6 +18,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from moba_jax import sharding as shd
+from moba_jax.attention import import_kinds
 from moba_jax.train import checkpointing, optim, state as st
 from moba_jax.train.checkpointing import CheckpointError
 
@@ -30,6 +31,7 @@ class LoadedRun:
     step: int
     meta: dict
     mesh: Mesh
+    rules: tuple = shd.DEFAULT_RULES   # the run's logical-axis sharding rules
 
 
 def read_run_config(run_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
@@ -39,6 +41,7 @@ def read_run_config(run_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
                               "--workdir at a folder written by experiments.train or a sweep")
     with open(path) as f:
         resolved = json.load(f)
+    import_kinds(resolved.get("attention_kinds", {}))   # a user's own kinds, if any
     return ml_collections.ConfigDict(resolved["config"]), resolved
 
 
@@ -52,8 +55,9 @@ def load_run(run_dir: str, step: int | None = None, mesh: Mesh | None = None) ->
     mesh = mesh or shd.make_mesh(data=-1)
     spec = st.model_spec(config.model, config.train.seed)
     tx, _ = optim.make_optimizer(config.train, resolved["steps"], spec.param_shapes, spec.metadata)
-    shardings = st.state_shardings(spec, tx, mesh)
-    with shd.activation_sharding(mesh):
+    rules = shd.rules_from_config(config.get("mesh", {}).get("rules"))
+    shardings = st.state_shardings(spec, tx, mesh, rules)
+    with shd.activation_sharding(mesh, rules):
         state, _, meta = ckpt.restore(step, st.abstract_state(spec, tx, shardings))
     ckpt.close()
-    return LoadedRun(config, spec, state["params"], step, meta, mesh)
+    return LoadedRun(config, spec, state["params"], step, meta, mesh, rules)
