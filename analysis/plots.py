@@ -12,6 +12,12 @@ sweep script can print them::
 Figures are drawn with matplotlib's object API on an Agg canvas, so importing this
 module never changes the pyplot backend of a notebook. Compute is in PFLOP/s-days; the
 x label says which FLOP convention (scaling.md) is on the axis.
+
+Arms are named and coloured as the sweep's ``results.jsonl`` declares
+(``Sweep.arm_display``, ``Sweep.arm_colour``); functions that take plain ``{arm: ...}``
+mappings accept ``labels={arm: name}`` and ``colours={arm: colormap name}`` instead.
+Undeclared arms keep their own name and get an automatic colour family
+(:mod:`analysis.arm_style`).
 """
 from __future__ import annotations
 
@@ -27,48 +33,42 @@ from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from analysis import arm_style, units
 from analysis import fits as fitting
 from analysis.results import AnalysisError, AnalysisWarning, Sweep
 
-_DISPLAY = {"full": "Full Attention", "moba": "MoBA", "mla": "MLA", "kda": "Kimi Linear",
-            "kimi": "Kimi Linear", "kimi_linear": "Kimi Linear"}
-_CMAPS = ("Blues", "Reds", "Greens", "Purples", "Oranges", "Greys")
-_CONVENTION_LABEL = {"exact": "exact FLOPs", "6nd": "6ND"}
+
+def display_name(arm: str, labels: Mapping[str, str] | None = None) -> str:
+    """``labels[arm]`` (e.g. ``"MoBA"``, from ``Sweep.arm_display``) when given, else ``arm``."""
+    return arm_style.display_name(arm, labels)
 
 
-def display_name(arm: str) -> str:
-    """Paper name of an arm (``"moba"`` -> ``"MoBA"``); unknown names are returned as given."""
-    return _DISPLAY.get(arm.lower(), arm)
+def _arm_cmaps(arms: Sequence[str], colours: Mapping[str, str] | None = None) -> dict:
+    """Colormap per arm: its declared family unless an earlier arm of the figure took it,
+    else an automatic one (:func:`analysis.arm_style.colour_families`)."""
+    known = {}
+    for arm, name in (colours or {}).items():
+        if arm not in arms:
+            continue
+        if name in matplotlib.colormaps:
+            known[arm] = name
+        else:
+            warnings.warn(f"{arm}: arm_colour {name!r} is not a matplotlib colormap; using an "
+                          "automatic colour", AnalysisWarning, stacklevel=3)
+    return {arm: matplotlib.colormaps[name]
+            for arm, name in arm_style.colour_families(arms, known).items()}
 
 
-_PREFERRED_CMAP = {"full": "Blues", "mla": "Blues", "moba": "Reds", "kda": "Reds", "kimi": "Reds",
-                   "kimi_linear": "Reds"}
-
-
-def _arm_cmaps(arms: Sequence[str]) -> dict:
-    """Colour family per arm: baselines blue, MoBA/KDA red in every figure, others after."""
-    chosen, used = {}, set()
-    for arm in arms:
-        name = _PREFERRED_CMAP.get(arm.lower())
-        if name in used:
-            name = None
-        if name is None:
-            name = next((c for c in _CMAPS if c not in used), _CMAPS[len(used) % len(_CMAPS)])
-        used.add(name)
-        chosen[arm] = matplotlib.colormaps[name]
-    return chosen
+def _styles(sweep: Sweep | None, labels, colours) -> tuple[dict, dict]:
+    """Labels and colours declared by ``sweep`` (if any), overridden by the explicit ones."""
+    base_l, base_c = (sweep.arm_display, sweep.arm_colour) if sweep is not None else ({}, {})
+    return {**base_l, **(labels or {})}, {**base_c, **(colours or {})}
 
 
 def _law_tex(fit, digits_a: int = 4, digits_b: int = 3, times: bool = False) -> str:
     """``2.625 C^-0.063`` (or ``2.3092 x C^-0.0536``) as mathtext."""
     sep = "\\times " if times else "\\,"
     return f"${fit.a:.{digits_a}g}{sep}C^{{{fit.b:.{digits_b}g}}}$"
-
-
-def _xlabel(convention: str | None) -> str:
-    if convention is None:
-        return "PFLOP/s-days"
-    return f"PFLOP/s-days ({_CONVENTION_LABEL.get(convention, convention)})"
 
 
 def _log_axes(ax) -> None:
@@ -107,7 +107,8 @@ def _save(fig: Figure, path) -> tuple[Path, ...]:
 class FigureResult:
     """What a figure showed: saved files (PNG, PDF), laws, envelopes, multiplier.
 
-    ``fits`` maps arm -> law (for :func:`plot_position_wise`: bucket -> arm -> law).
+    ``fits`` maps arm -> law (for :func:`plot_position_wise`: bucket -> arm -> law);
+    ``labels`` the display names the figure used.
     """
 
     paths: tuple[Path, ...]
@@ -115,28 +116,30 @@ class FigureResult:
     envelopes: Mapping[str, fitting.Envelope] | None = None
     multiplier: fitting.Multiplier | None = None
     multiplier_arms: tuple[str, str] | None = None
+    labels: Mapping[str, str] | None = None
 
     def summary(self) -> str:
         """Plain-text lines: one per law (with intervals when bootstrapped) and multiplier."""
         lines = []
+        name = lambda arm: display_name(arm, self.labels)  # noqa: E731
 
-        def law_line(name, f):
-            s = f"{name}: L = {f.label()}"
+        def law_line(who, f):
+            s = f"{who}: L = {f.label()}"
             if f.b_ci is not None:
                 s += f"  (a {f.a_ci[0]:.4g}..{f.a_ci[1]:.4g}, b {f.b_ci[0]:.3g}..{f.b_ci[1]:.3g}, {f.ci:.0%})"
             return s
 
         for key, val in self.fits.items():
             if isinstance(val, Mapping):
-                lines += [law_line(f"[{key}] {display_name(arm)}", f) for arm, f in val.items()]
+                lines += [law_line(f"[{key}] {name(arm)}", f) for arm, f in val.items()]
             else:
-                lines.append(law_line(display_name(key), val))
+                lines.append(law_line(name(key), val))
         if self.multiplier is not None:
             a, b = self.multiplier_arms
             parts = []
             for C, (r, lo, hi) in self.multiplier.at.items():
                 parts.append(f"{r:.3f}x at {C:.3g}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""))
-            lines.append(f"{display_name(b)} over {display_name(a)} (equal-loss compute ratio, at {display_name(a)}'s "
+            lines.append(f"{name(b)} over {name(a)} (equal-loss compute ratio, at {name(a)}'s "
                          f"PFLOP/s-days): " + "; ".join(parts))
         return "\n".join(lines)
 
@@ -146,7 +149,8 @@ class FigureResult:
 
 def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Sequence[str] | None = None,
                          fit_range: tuple[float | None, float | None] | None = None, bootstrap: int = 0,
-                         extend: float = 2.0, title: str | None = None) -> FigureResult:
+                         extend: float = 2.0, title: str | None = None, labels: Mapping[str, str] | None = None,
+                         colours: Mapping[str, str] | None = None) -> FigureResult:
     """MoBA Figure-3-style chart: validation loss vs compute, log-log.
 
     Each run's validation curve is a solid line (one colour family per arm, lighter for
@@ -163,6 +167,7 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
             the envelope is the smallest model's early training, which no power law
             describes.
         bootstrap: resamples over runs for the laws' intervals (0: none).
+        labels, colours: display names and colormap names overriding the sweep's.
 
     An arm whose envelope has fewer than 3 points gets no projection (a warning says
     why) and is absent from ``FigureResult.fits``; its runs are still drawn.
@@ -173,7 +178,8 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
     laws, envelopes = {}, {}
     x_max = max(r.final_compute(convention) for arm in arms for r in sweep.by_arm(arm))
     handles = []
-    cmaps = _arm_cmaps(arms)
+    labels, colours = _styles(sweep, labels, colours)
+    cmaps = _arm_cmaps(arms, colours)
     for i, arm in enumerate(arms):
         runs = sweep.by_arm(arm)
         cmap = cmaps[arm]
@@ -201,19 +207,19 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
             ax.plot(env.C, env.L, ".", color=dark, ms=3, alpha=0.6)
             Cp = np.geomspace(env.C.min(), x_max * extend, 100)
             (h,) = ax.plot(Cp, law(Cp), "--", color=dark, lw=1.6,
-                           label=f"{display_name(arm)} Projection: {_law_tex(law)}")
+                           label=f"{display_name(arm, labels)} Projection: {_law_tex(law)}")
             handles.append(h)
         (hr,) = ax.plot([], [], "-", color=cmap(0.65), lw=1.2,
-                        label=f"{display_name(arm)} runs ({len(runs)} sizes, light = small)")
+                        label=f"{display_name(arm, labels)} runs ({len(runs)} sizes, light = small)")
         handles.append(hr)
     _log_axes(ax)
-    ax.set_xlabel(_xlabel(convention))
+    ax.set_xlabel(units.axis_label(convention))
     ax.set_ylabel("Validation LM loss")
     if title:
         ax.set_title(title)
     ax.legend(handles=handles, fontsize=8, loc="upper right")
     paths = _save(fig, path)
-    return FigureResult(paths, laws, envelopes)
+    return FigureResult(paths, laws, envelopes, labels=labels)
 
 
 # ------------------------------------------------------------------------ Kimi style
@@ -244,7 +250,8 @@ def _points_and_laws(source, convention: str, bootstrap: int):
 def plot_kimi_style(source, path, baseline: str | None = None, improved: str | None = None,
                     convention: str | None = "exact", budgets: Sequence[float] | None = None,
                     C_range: tuple[float, float] | None = None, bootstrap: int = 200,
-                    title: str | None = None) -> FigureResult:
+                    title: str | None = None, labels: Mapping[str, str] | None = None,
+                    colours: Mapping[str, str] | None = None) -> FigureResult:
     """Kimi-Linear-style chart: final loss per run vs compute, a law per arm, the multiplier.
 
     Args:
@@ -258,6 +265,8 @@ def plot_kimi_style(source, path, baseline: str | None = None, improved: str | N
         budgets: baseline computes at which to report the multiplier (default: ends and
             geometric middle of the plotted range).
         C_range: plotted compute range (default: the data's, or 1-20 for laws only).
+        labels, colours: ``{arm: display name}``, ``{arm: colormap name}`` (over a
+            :class:`Sweep`'s own; default for mappings: the arm's name, automatic colours).
     """
     points, laws = _points_and_laws(source, convention or "exact", bootstrap)
     arms = list(laws)
@@ -268,12 +277,13 @@ def plot_kimi_style(source, path, baseline: str | None = None, improved: str | N
         C_range = (min(c.min() for c in data_C), max(c.max() for c in data_C)) if data_C else (1.0, 20.0)
     Cp = np.geomspace(C_range[0] / 1.2, C_range[1] * 1.2, 200)
     markers = "osD^v<>"
-    cmaps = _arm_cmaps(arms)
+    labels, colours = _styles(source if isinstance(source, Sweep) else None, labels, colours)
+    cmaps = _arm_cmaps(arms, colours)
     for i, arm in enumerate(arms):
         colour = cmaps[arm](0.75)
         law = laws[arm]
         ax.plot(Cp, law(Cp), "-", color=colour, lw=1.8,
-                label=f"{display_name(arm)}: {_law_tex(law, 5, 3, times=True)}")
+                label=f"{display_name(arm, labels)}: {_law_tex(law, 5, 3, times=True)}")
         if points[arm] is not None:
             C, L, _ = points[arm]
             ax.plot(C, L, markers[i % len(markers)], color=colour, ms=7, mec="white", mew=0.8, zorder=3)
@@ -299,19 +309,19 @@ def plot_kimi_style(source, path, baseline: str | None = None, improved: str | N
         ax.annotate(f"{mid / C_b:.2f}× at {mid:.3g}", xy=(math.sqrt(C_b * mid), L_mid), xytext=(0, 14),
                     textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold",
                     bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="none", alpha=0.85))
-        lines = [f"{display_name(b_arm)} vs {display_name(a_arm)}: equal-loss compute ratio"]
+        lines = [f"{display_name(b_arm, labels)} vs {display_name(a_arm, labels)}: equal-loss compute ratio"]
         for C, (r, lo, hi) in mult.at.items():
             lines.append(f"  {r:.2f}× at {C:.3g} PFLOP/s-days" + (f"  [{lo:.2f}, {hi:.2f}]" if lo is not None else ""))
         ax.text(0.03, 0.03, "\n".join(lines), transform=ax.transAxes, fontsize=8, va="bottom", ha="left",
                 bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     _log_axes(ax)
-    ax.set_xlabel(_xlabel(convention))
+    ax.set_xlabel(units.axis_label(convention))
     ax.set_ylabel("Validation LM loss")
     if title:
         ax.set_title(title)
     ax.legend(fontsize=9, loc="upper right")
     paths = _save(fig, path)
-    return FigureResult(paths, laws, None, mult, pair)
+    return FigureResult(paths, laws, None, mult, pair, labels)
 
 
 # ---------------------------------------------------------------------- position-wise
@@ -322,7 +332,8 @@ def _bucket_ylabel(label: str) -> str:
 
 
 def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, convention: str | None = None,
-                       ncols: int | None = None, bootstrap: int = 0) -> FigureResult:
+                       ncols: int | None = None, bootstrap: int = 0, labels: Mapping[str, str] | None = None,
+                       colours: Mapping[str, str] | None = None) -> FigureResult:
     """MoBA Table-3-style grid: one panel per position bucket, per-arm points and laws.
 
     Args:
@@ -332,6 +343,8 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
             "LM loss <label>".
         convention: named on the x axes (``None``: plain "PFLOP/s-days").
         ncols: panels per row (default up to 4).
+        labels, colours: ``{arm: display name}``, ``{arm: colormap name}`` (default: the
+            arm's name, automatic colours).
 
     Returns:
         :class:`FigureResult` with ``fits[bucket][arm]``. An arm with fewer than 3
@@ -340,16 +353,17 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
     """
     if not bucket_data:
         raise AnalysisError("bucket_data is empty; pass {bucket_label: {arm: (C, L)}}")
-    labels = list(bucket_data)
-    n = len(labels)
+    panels = list(bucket_data)
+    n = len(panels)
     ncols = ncols or min(n, 4)
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(3.4 * ncols, 2.9 * nrows))
     axes = fig.subplots(nrows, ncols, squeeze=False)
     arm_order = list(dict.fromkeys(a for b in bucket_data.values() for a in b))
-    cmaps = _arm_cmaps(arm_order)
+    labels, colours = _styles(None, labels, colours)
+    cmaps = _arm_cmaps(arm_order, colours)
     all_fits = {}
-    for k, label in enumerate(labels):
+    for k, label in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
         all_fits[label] = {}
         for arm, (C, L) in bucket_data[label].items():
@@ -365,18 +379,18 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
                 warnings.warn(f"bucket {label!r}, arm {arm!r}: {e}; points drawn without a law",
                               AnalysisWarning, stacklevel=2)
                 ax.plot(C, L, "os^D"[i % 4], color=colour, ms=4,
-                        label=f"{display_name(arm)} (too few runs to fit)")
+                        label=f"{display_name(arm, labels)} (too few runs to fit)")
                 continue
             all_fits[label][arm] = law
             Cp = np.geomspace(C.min() / 1.15, C.max() * 1.15, 50)
             ax.plot(C, L, "os^D"[i % 4], color=colour, ms=4)
-            ax.plot(Cp, law(Cp), "--", color=colour, lw=1.2, label=f"{display_name(arm)}: {_law_tex(law, 4, 2)}")
+            ax.plot(Cp, law(Cp), "--", color=colour, lw=1.2, label=f"{display_name(arm, labels)}: {_law_tex(law, 4, 2)}")
         _log_axes(ax)
         ax.set_ylabel(_bucket_ylabel(label))
-        ax.set_xlabel(_xlabel(convention), fontsize=8)
+        ax.set_xlabel(units.axis_label(convention), fontsize=8)
         ax.legend(fontsize=7, loc="upper right")
     for k in range(n, nrows * ncols):
         axes[k // ncols][k % ncols].set_visible(False)
     fig.tight_layout()
     paths = _save(fig, path)
-    return FigureResult(paths, all_fits)
+    return FigureResult(paths, all_fits, labels=labels)

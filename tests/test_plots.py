@@ -19,6 +19,9 @@ PFD = 8.64e19  # FLOPs per PFLOP/s-day
 # cheaper in exact FLOPs (it skips attention pairs).
 _SIZES = {"s1": 12e6, "s2": 25e6, "s3": 50e6, "s4": 100e6, "s5": 200e6}
 _ARMS = {"full": dict(offset=0.0, exact_overhead=1.45), "moba": dict(offset=0.01, exact_overhead=1.25)}
+# What the sweep writes into results.jsonl for each arm (from the attention-kind registry).
+_STYLE = {"full": {"arm_display": "Full Attention", "arm_colour": "Blues"},
+          "moba": {"arm_display": "MoBA", "arm_colour": "Reds"}}
 
 
 def _loss(n, d, offset):
@@ -51,7 +54,8 @@ def write_synthetic_sweep(root, n_evals: int = 40, seed: int = 0, extra_records=
             records.append({"run": run, "arm": arm, "size": size, "n_params_nonembed": int(n),
                             "n_params": int(n + 8e6), "tokens": total, "budget_flops": fex * total,
                             "convention": "exact", "final_val_loss": _loss(n, total, spec["offset"]),
-                            "flops_per_token_exact": fex, "flops_per_token_6nd": f6, "status": "done"})
+                            "flops_per_token_exact": fex, "flops_per_token_6nd": f6, "status": "done",
+                            **_STYLE[arm]})
     records += list(extra_records)
     (root / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return root
@@ -132,6 +136,38 @@ def test_curves_from_csv(tmp_path):
     (tmp_path / "bad.csv").write_text("arm,run,loss\n")
     with pytest.raises(AnalysisError, match="lacks column"):
         results.curves_from_csv(tmp_path / "bad.csv")
+
+
+def test_arm_display_and_colour_from_results(tmp_path):
+    root = write_synthetic_sweep(tmp_path / "s", n_evals=10)
+    sweep = results.load_sweep(root)
+    assert sweep.arm_display == {"full": "Full Attention", "moba": "MoBA"}
+    assert sweep.display_name("moba") == "MoBA" and sweep.colour_family("moba") == "Reds"
+    assert sweep.labels == {"full": "Full Attention", "moba": "MoBA"}
+    # Rows without the fields (an old sweep): the arm's own name, automatic distinct colours.
+    index = root / "results.jsonl"
+    rows = [json.loads(l) for l in index.read_text().splitlines()]
+    bare = [{k: v for k, v in r.items() if not k.startswith("arm_")} for r in rows]
+    index.write_text("".join(json.dumps(r) + "\n" for r in bare))
+    old = results.load_sweep(root)
+    assert old.display_name("moba") == "moba" and old.arm_colour == {}
+    assert old.colour_families == {"full": "Blues", "moba": "Reds"}
+    assert "full: L = " in plots.plot_loss_vs_compute(old, tmp_path / "old").summary()
+    # Two arms declaring one family: the second gets the next free one; runs of an arm that
+    # disagree keep the first value, with a warning.
+    rows = [{**r, "arm_colour": "Blues"} for r in rows]
+    rows[-1]["arm_display"] = "MoBA v2"
+    index.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(AnalysisWarning, match="moba arm_display 'MoBA' vs 'MoBA v2'"):
+        clash = results.load_sweep(root)
+    assert clash.display_name("moba") == "MoBA"
+    assert clash.colour_families == {"full": "Blues", "moba": "Reds"}
+    # Mappings take labels/colours; an unknown colormap falls back with a warning.
+    laws = {"a": fits.PowerLawFit.from_params(3.0, -0.05), "b": fits.PowerLawFit.from_params(2.9, -0.05)}
+    with pytest.warns(AnalysisWarning, match="'NoSuchMap' is not a matplotlib colormap"):
+        res = plots.plot_kimi_style(laws, tmp_path / "k", labels={"b": "Bee"}, colours={"b": "NoSuchMap"},
+                                    C_range=(1.0, 10.0))
+    assert "Bee over a" in res.summary()
 
 
 # ------------------------------------------------------------------------- figures
