@@ -25,12 +25,14 @@ def _true_loss(n, d, scale):
     return scale * (1.8 + 400.0 / n ** 0.34 + 1800.0 / d ** 0.36)
 
 
-def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0):
+def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0, styles=None):
     """A sweep directory in the runner's format with a Chinchilla-like ground truth.
 
     ``runs_per_arm``: {arm: number of sizes}; ``scales``: {arm: loss multiplier}. Tokens per
     parameter cycle through 10, 25, 40 so that N and D vary independently. With ``evals``
     each run gets two position-wise eval files (an early, worse one and the final one).
+    ``styles``: {arm: {"arm_display": ..., "arm_colour": ...}} written into each row, as
+    the sweep does (default: none, as in an old sweep).
     """
     runs_per_arm = runs_per_arm or {"full": 4, "moba": 4}
     scales = scales or {}
@@ -56,7 +58,8 @@ def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0):
             final = _true_loss(n, d, scale)
             records.append({"run": run, "arm": arm, "size": f"s{i}", "status": "done",
                             "n_params_nonembed": n, "n_params": n + 10**6, "tokens": d,
-                            "budget_flops": fex * d, "convention": "exact", "final_val_loss": final})
+                            "budget_flops": fex * d, "convention": "exact", "final_val_loss": final,
+                            **(styles or {}).get(arm, {})})
             if evals:
                 for step, worse in ((50, 0.5), (steps, 0.0)):
                     _write_eval(root / run, run, step, final + worse, fex * d * step / steps,
@@ -105,7 +108,7 @@ def _check_rendering(out_dir):
 @pytest.fixture(scope="module")
 def tiny_report(tiny_sweep_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_report")
-    proc = run_cli("analysis.report", f"--workdir={tiny_sweep_dir}", f"--out={out}", "--bootstrap=50",
+    proc = run_cli("experiments.report", f"--workdir={tiny_sweep_dir}", f"--out={out}", "--bootstrap=50",
                    check=True)
     return out, proc
 
@@ -167,7 +170,10 @@ def test_tiny_sweep_multiplier_is_honest(tiny_report, tiny_sweep_dir):
 
 
 def test_position_wise_and_chinchilla_sections(tmp_path):
-    root = write_sweep(tmp_path / "sweep", {"full": 6, "moba": 4}, {"moba": 0.99}, evals=True)
+    styles = {"full": {"arm_display": "Full Attention", "arm_colour": "Blues"},
+              "moba": {"arm_display": "MoBA", "arm_colour": "Reds"}}
+    root = write_sweep(tmp_path / "sweep", {"full": 6, "moba": 4}, {"moba": 0.99}, evals=True,
+                       styles=styles)
     res = report.write_report(root, out=tmp_path / "out", bootstrap=20, echo=lambda s: None)
     md, _ = _check_rendering(tmp_path / "out")
     names = {p.name for p in res.figures}
@@ -178,6 +184,7 @@ def test_position_wise_and_chinchilla_sections(tmp_path):
     assert "Latest evaluation of 10 run(s)" in md
     # 3+ runs per arm: the Kimi chart has final-point markers and its own multiplier table.
     assert "laws through final points" in md
+    assert "Kimi-Linear-style chart, MoBA vs Full Attention:" in md  # names from results.jsonl
     # Chinchilla: 6 runs of full are fitted; moba's 4 are not, and the report says why.
     chin = md.split("## Parametric law")[1].split("## Notes")[0]
     assert re.search(r"^\| full \| [0-9.]+", chin, re.M)
@@ -229,6 +236,7 @@ def test_explicit_pair_and_budgets(tmp_path):
     rows = [l for l in md.splitlines() if l.startswith("| kda vs mla |")]
     assert [r.split("|")[2].strip() for r in rows[:2]] == ["1e-06", "3e-06"]
     assert "moba vs mla" not in md  # only the requested pair; mla is the default baseline
+    assert "Kimi-Linear-style chart, kda vs mla:" in md  # no arm_display: the arms' own names
 
 
 @pytest.mark.parametrize("ratio,lo,hi,expect", [
@@ -238,10 +246,12 @@ def test_explicit_pair_and_budgets(tmp_path):
     (1.20, None, None, "no interval"),
 ])
 def test_multiplier_verdict(ratio, lo, hi, expect):
-    assert expect in report.multiplier_verdict(ratio, lo, hi, "moba")
-    assert expect in report.multiplier_verdict(ratio, lo, hi, "moba", min_runs=3)
+    labels = {"moba": "MoBA"}  # the sweep's arm_display
+    assert expect in report.multiplier_verdict(ratio, lo, hi, "moba", labels=labels)
+    assert expect in report.multiplier_verdict(ratio, lo, hi, "moba", min_runs=3, labels=labels)
     if lo is not None:
-        assert "no difference claimed" in report.multiplier_verdict(ratio, lo, hi, "moba", min_runs=2)
+        assert "no difference claimed" in report.multiplier_verdict(ratio, lo, hi, "moba", min_runs=2,
+                                                                    labels=labels)
 
 
 # ------------------------------------------------------------------------ errors
@@ -256,14 +266,14 @@ def _one_line_error(proc, needle):
 
 def test_cli_not_a_sweep_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    proc = run_cli("analysis.report", f"--workdir={tmp_path}")
+    proc = run_cli("experiments.report", f"--workdir={tmp_path}")
     _one_line_error(proc, "not a sweep directory")
     assert not (tmp_path / "report").exists()
 
 
 def test_cli_arms_without_loss_overlap(tmp_path):
     root = write_sweep(tmp_path / "sweep", {"full": 3, "moba": 3}, {"moba": 0.3})
-    proc = run_cli("analysis.report", f"--workdir={root}", "--bootstrap=0")
+    proc = run_cli("experiments.report", f"--workdir={root}", "--bootstrap=0")
     _one_line_error(proc, "share no loss level")
 
 

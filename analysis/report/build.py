@@ -1,0 +1,93 @@
+"""Builds the report: loads the sweep, runs the sections in order, writes Markdown and HTML."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+from analysis.report.blocks import Bullets, Heading, Para
+from analysis.report.loss_vs_compute import add_loss_vs_compute
+from analysis.report.multiplier import add_multiplier, choose_pairs, default_budgets
+from analysis.report.parametric import add_parametric
+from analysis.report.position_wise import add_position_wise
+from analysis.report.render import to_html, to_markdown
+from analysis.report.summary import add_summary
+from analysis.results import AnalysisError, AnalysisWarning, check_convention, load_sweep
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportResult:
+    """Paths written by :func:`write_report` and the notes (warnings) the report lists."""
+
+    markdown: Path
+    html: Path
+    figures: tuple[Path, ...]
+    notes: tuple[str, ...]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_report(workdir, out=None, convention: str = "exact", baseline: str | None = None,
+                 improved: str | None = None, budgets: Sequence[float] | None = None,
+                 bootstrap: int = 200, echo: Callable[[str], None] | None = None) -> ReportResult:
+    """Analyse the sweep in ``workdir`` and write ``report.md`` / ``report.html`` under ``out``.
+
+    Args:
+        convention: FLOP convention of the figures, fits and budgets (``"exact"`` or
+            ``"6nd"``); the totals are given in both.
+        baseline, improved: multiplier arms, ``C_baseline(L) / C_improved(L)``. Default
+            baseline ``full`` (else ``mla``, else the first arm) against every other arm.
+        budgets: baseline computes (PFLOP/s-days) at which multipliers are read
+            (default: 4 geometric points over the runs' final computes).
+        bootstrap: resamples for every interval (0: point estimates only).
+        echo: progress sink (default: stderr).
+
+    Raises:
+        AnalysisError: not a sweep directory, no finished runs, an unknown arm, or two
+            arms whose fitted losses never overlap (no multiplier without extrapolation).
+    """
+    echo = echo or _stderr
+    check_convention(convention)
+    if bootstrap < 0:
+        raise AnalysisError(f"bootstrap={bootstrap}; pass 0 (no intervals) or a positive count")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", AnalysisWarning)
+        echo(f"loading sweep {workdir}")
+        sweep = load_sweep(workdir)
+        pairs = choose_pairs(sweep.arms, baseline, improved)
+        if budgets is None:
+            budgets = default_budgets(sweep, convention)
+        budgets = [float(b) for b in budgets]
+        if not budgets or any(not (math.isfinite(b) and b > 0) for b in budgets):
+            raise AnalysisError(f"budgets {budgets} must be positive PFLOP/s-days values")
+        out = Path(out) if out is not None else Path(workdir) / "report"
+        fig_dir = out / "figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        blocks: list = []
+        figures: list[Path] = []
+        add_summary(blocks, sweep, convention, bootstrap)
+        laws, _ = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+        add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws, budgets, echo)
+        add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+        add_parametric(blocks, sweep, bootstrap, echo)
+    notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
+    for note in notes:
+        echo(f"note: {note}")
+    for w in caught:
+        if not issubclass(w.category, AnalysisWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    blocks.append(Heading(2, "Notes"))
+    blocks.append(Bullets(notes) if notes else Para("No warnings: every run and fit was used."))
+
+    title = f"Scaling report: {Path(workdir).resolve().name}"
+    blocks.insert(0, Heading(1, title))
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(to_markdown(blocks, out))
+    html_path.write_text(to_html(blocks, title))
+    echo(f"wrote {md_path} and {html_path}")
+    return ReportResult(md_path, html_path, tuple(figures), notes)

@@ -1,0 +1,38 @@
+"""Position-wise section: one law per position bucket and arm (MoBA Table 3)."""
+from __future__ import annotations
+
+from analysis import plots, position
+from analysis.report.blocks import Bullets, Heading, Image, Para, Table, fmt, fmt_ci
+from analysis.units import CONVENTION_NAMES
+
+
+def add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo):
+    """Appends the position-wise section (a note when the runs were not evaluated per bucket)."""
+    blocks.append(Heading(2, "Position-wise laws"))
+    pos = position.load_position_evals(sweep, convention)
+    if not pos.bucket_data:
+        blocks.append(Para("No position-wise evaluations found (`RUN/eval/step_*.json`, written by "
+                           "`experiments.evaluate`); evaluate the runs' final checkpoints to get "
+                           "one law per position bucket (MoBA Table 3)."))
+        return
+    data, dropped = position.fittable(pos.bucket_data)
+    blocks.append(Para(f"Latest evaluation of {len(pos.steps)} run(s); one point per run at its "
+                       f"compute ({CONVENTION_NAMES[convention]} FLOPs); `L = a C^b` per bucket and arm."))
+    if dropped:
+        blocks += [Para("Not fitted:"), Bullets(tuple(dropped))]
+    if not data:
+        blocks.append(Para("No bucket has enough evaluated runs for a fit, so no figure."))
+        return
+    echo(f"position-wise laws for {len(data)} bucket(s)")
+    res = plots.plot_position_wise(data, fig_dir / "position_wise", convention=convention, bootstrap=bootstrap,
+                                   labels=sweep.arm_display, colours=sweep.arm_colour)
+    figures.append(res.paths[0])
+    blocks.append(Image(res.paths[0], "Loss per position bucket vs compute, one panel per bucket; "
+                                      "dashed: fitted power laws."))
+    rows = []
+    for label, per_arm in res.fits.items():
+        for arm, law in per_arm.items():
+            rows.append((label, arm, fmt_ci(law.a, law.a_ci), fmt_ci(law.b, law.b_ci, 3),
+                         str(len(law.residuals)), fmt(law.rmse)))
+    blocks.append(Table(("bucket", "arm", "a [95% CI]", "b [95% CI]", "runs", "residual RMS (log)"),
+                        tuple(rows)))
