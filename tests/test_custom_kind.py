@@ -2,9 +2,9 @@
 
 ``tests/custom_kinds/sliding_window.py`` defines sliding-window attention (``"swa"``);
 ``tests/custom_kinds/swa_sweep.py`` is a sweep config that imports it. From there the
-kind goes through the dry run, training, the sweep's figure and results, FLOP and
-parameter accounting, a hybrid schedule, evaluation and decoding in a fresh process,
-and incremental decoding.
+kind goes through the dry run, training, the sweep's figure and results, the report,
+FLOP and parameter accounting, a hybrid schedule, evaluation and decoding in a fresh
+process, and incremental decoding.
 """
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ def test_sweep_trains_and_draws_the_user_kind(swa_sweep):
     run_dir = os.path.join(wd, swa[0]["run"])
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
     assert cfg["attention_kinds"]["swa"]["module"].endswith("sliding_window")
+
+
+def test_report_labels_the_user_kind(swa_sweep, tmp_path):
+    wd, _ = swa_sweep
+    run_cli("experiments.report", f"--workdir={wd}", f"--out={tmp_path}", "--bootstrap=20",
+            check=True)
+    md = (tmp_path / "report.md").read_text()
+    assert "Sliding Window" in md and "Full Attention" in md
 
 
 def test_evaluate_and_generate_a_user_kind_run_in_a_fresh_process(swa_sweep, tmp_path):
