@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from kernels import interpret as interpret_rule
 from kernels.moba import dispatch, reference, selection, xla
 
 IMPLEMENTATIONS = ("reference", "xla", "pallas", "pallas_tpu", "pallas_gpu")
@@ -67,25 +68,23 @@ def _check_args(q, k, v, block_size, top_k, implementation):
 
 
 def _resolve_pallas(implementation: str, interpret):
-    """Returns ``(kernel module name, interpret flag)`` for a pallas request."""
+    """Returns ``(kernel module name, interpret flag)`` for a pallas request; the flag by
+    the shared rule of ``kernels/interpret.py`` (explicit wins; ``None`` interprets
+    where the kernel's platform is absent, logged once; ``False`` there raises)."""
     platform = jax.default_backend()
     if implementation == "pallas":
         variant = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
     else:
         variant = implementation
     native = {"pallas_tpu": "tpu", "pallas_gpu": "gpu"}[variant]
-    if interpret is None:
-        interpret = platform != native
-        if interpret:
-            logging.log_first_n(logging.WARNING,
-                                "moba_attention: no %s here (backend %r); running the %s kernel "
-                                "in Pallas interpret mode (slow, for testing).", 1, native,
-                                platform, variant)
-    elif not interpret and platform != native:
-        raise ValueError(f"implementation={implementation!r} compiles the {variant} kernel, "
-                         f"which needs a {native} backend but this one is {platform!r}; pass "
-                         "interpret=True (testing) or implementation='xla'.")
-    return variant, bool(interpret)
+    resolved = interpret_rule.resolve_interpret(interpret, platform=native)
+    if interpret is None and resolved:
+        logging.log_first_n(logging.WARNING, "%s", 1, interpret_rule.interpret_message(
+            f"moba_attention(implementation={implementation!r})"))
+    if not resolved:
+        interpret_rule.require_platform(
+            native, what=f"implementation={implementation!r} compiles the {variant} kernel, which")
+    return variant, resolved
 
 
 def _geometry(q, k, block_size, top_k, block_sizes) -> dispatch.Geometry:
