@@ -1,6 +1,6 @@
 """KDA with Pallas kernels and a hand-written backward (``implementation="pallas"``).
 
-Pipeline (see ``pallas_intra.py`` and ``pallas_state.py`` for the kernels):
+Pipeline (kernels in ``pallas_common.py``, ``pallas_tpu.py``, ``pallas_gpu.py``):
 
 forward   1. XLA: pad T to a multiple of C, move to ``[B, H, T, D]``, ``G = cumsum(g)``
              within each chunk, ``decay = exp(G_last)`` per chunk.
@@ -9,19 +9,20 @@ forward   1. XLA: pad T to a multiple of C, move to ``[B, H, T, D]``, ``G = cums
 backward  recomputes 2 and 3 (3 now also writing the per-chunk start states ``h``), then
           4. ``state_bwd`` (reverse over chunks): ``dS`` and per-chunk ``dW, dU, dAqk``
              plus the parts of ``dq, dk, dG`` flowing through the state pass,
-          5. ``intra_bwd`` (parallel): ``dq, dk, dv, dG, dbeta`` through ``T`` and the
+          5. ``intra_bwd`` (parallel): ``dq, dk, dv, dG, dbeta`` through ``Tinv`` and the
              decayed score matrices.
           XLA autodiff of step 1 turns ``dG`` into ``dg`` (the transpose of the in-chunk
           cumsum is a reverse cumsum within the chunk) and routes ``ddecay`` through
           ``exp(G_last)``.
 
 Only the middle (``_kda_core``) is a ``custom_vjp``; residuals are just its inputs.
-Variants: ``"tpu"`` (Mosaic; sequential grid axis + VMEM scratch state) and ``"gpu"``
-(Triton; in-kernel loop over chunks). On CPU the kernels run with ``interpret=True``.
-Supported tiles: K and V powers of two in [16, 256] on TPU and in [16, 64] on GPU (with
-128 the Triton intra-chunk kernels asked for 294912 bytes of shared memory on an H100,
-which has 232448), chunk size a power of two in [16, 128]; otherwise a ValueError points
-to ``implementation="xla"``.
+Variants: ``"tpu"`` (``pallas_tpu.py``, Mosaic; sequential grid axis + VMEM scratch
+state) and ``"gpu"`` (``pallas_gpu.py``, Triton; in-kernel loop over chunks); each
+module has the same four functions. Interpret mode follows ``kernels/interpret.py``
+(``resolve_interpret`` below). Supported tiles: K and V powers of two in [16, 256] on
+TPU and in [16, 64] on GPU (with 128 the Triton intra-chunk kernels asked for 294912
+bytes of shared memory on an H100, which has 232448), chunk size a power of two in
+[16, 128]; otherwise a ValueError points to ``implementation="xla"``.
 """
 from __future__ import annotations
 
@@ -32,30 +33,67 @@ import logging
 import jax
 import jax.numpy as jnp
 
-from kernels.kda import pallas_intra, pallas_state
+from kernels import interpret as interpret_rule
+from kernels.kda import pallas_gpu, pallas_tpu
 from kernels.kda.chunked import pad_to_chunks
 
 _log = logging.getLogger(__name__)
 _F32 = jnp.float32
 MAX_HEAD_DIM = {"tpu": 256, "gpu": 64}
+VARIANTS = {"tpu": pallas_tpu, "gpu": pallas_gpu}
 _logged_interpret = False
 
 
-def resolve_interpret(interpret):
-    """``None`` -> interpret mode exactly when the default backend is CPU (logged once)."""
-    global _logged_interpret
-    if interpret is not None:
-        return bool(interpret)
-    if jax.default_backend() == "cpu":
-        if not _logged_interpret:
-            _log.info("kda(implementation='pallas'): CPU backend, running kernels with interpret=True.")
-            _logged_interpret = True
-        return True
-    return False
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Launch parameters of the Pallas kernels (they change speed, not results).
+
+    The chunk length is the op's ``chunk_size`` argument and the sub-chunk is fixed at 16
+    (``chunked_decay.SUB_CHUNK``); what is left to tune are the Triton launch parameters
+    (the TPU kernels have none):
+
+    Attributes:
+      num_warps: warps of the intra-chunk kernels on GPU.
+      state_num_warps: warps of the state-pass kernels on GPU.
+      num_stages: Triton pipeline stages of every GPU kernel.
+    """
+    num_warps: int = 8
+    state_num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self):
+        for name in ("num_warps", "state_num_warps"):
+            n = getattr(self, name)
+            if not isinstance(n, int) or n <= 0 or n & (n - 1):
+                raise ValueError(f"BlockSizes.{name}={n!r} must be a power of two (e.g. "
+                                 f"{getattr(BlockSizes, name)}).")
+        if not isinstance(self.num_stages, int) or self.num_stages <= 0:
+            raise ValueError(f"BlockSizes.num_stages={self.num_stages!r} must be a positive "
+                             "int (e.g. 1).")
+
+    @classmethod
+    def get_default(cls) -> BlockSizes:
+        """The sizes ``kda`` uses when none are given."""
+        return cls()
 
 
 def default_variant():
+    """The kernels for the running backend: ``"gpu"`` on GPU, else ``"tpu"`` (on CPU the
+    TPU kernels run in interpret mode)."""
     return "gpu" if jax.default_backend() == "gpu" else "tpu"
+
+
+def resolve_interpret(interpret, variant=None):
+    """``kernels.interpret.resolve_interpret`` for the ``variant`` kernels (default: the
+    backend's, ``default_variant``): ``None`` -> interpret exactly when the backend is
+    not the kernels' platform, i.e. on CPU (logged once)."""
+    global _logged_interpret
+    resolved = interpret_rule.resolve_interpret(interpret,
+                                                platform=variant or default_variant())
+    if interpret is None and resolved and not _logged_interpret:
+        _log.info(interpret_rule.interpret_message("kda(implementation='pallas')"))
+        _logged_interpret = True
+    return resolved
 
 
 def check_tiles(K: int, V: int, chunk_size: int, variant: str):
@@ -64,63 +102,39 @@ def check_tiles(K: int, V: int, chunk_size: int, variant: str):
     for name, d in (("K (q/k head dim)", K), ("V (v head dim)", V)):
         if not (pow2(d) and 16 <= d <= hi):
             raise ValueError(f"kda pallas: {name}={d} is too large or not supported by the "
-                             f"{variant} kernel tiles (need a power of two in [16, {hi}]); use "
-                             "implementation='xla'.")
+                             f"{variant} kernel tiles (need a power of two in [16, {hi}]); "
+                             "use implementation='xla'.")
     if not (pow2(chunk_size) and 16 <= chunk_size <= 128):
         raise ValueError(f"kda pallas: chunk_size={chunk_size} must be a power of two in "
                          "[16, 128] (default 64).")
 
 
-@dataclasses.dataclass(frozen=True)
-class _Config:
-    scale: float
-    C: int
-    variant: str
-    interpret: bool
-
-    def params(self):
-        if self.variant == "tpu":
-            from jax.experimental.pallas import tpu as pltpu
-            return pltpu.CompilerParams(dimension_semantics=("parallel", "parallel", "parallel"))
-        from jax.experimental.pallas import triton as pltriton
-        return pltriton.CompilerParams(num_warps=8, num_stages=1)
-
-    def state_fwd(self, *args, **kw):
-        fn = pallas_state.state_fwd_tpu if self.variant == "tpu" else pallas_state.state_fwd_gpu
-        return fn(*args, scale=self.scale, C=self.C, interpret=self.interpret, **kw)
-
-    def state_bwd(self, *args):
-        fn = pallas_state.state_bwd_tpu if self.variant == "tpu" else pallas_state.state_bwd_gpu
-        return fn(*args, scale=self.scale, C=self.C, interpret=self.interpret)
-
-    def intra_fwd(self, *args):
-        return pallas_intra.intra_fwd(*args, scale=self.scale, C=self.C,
-                                      compiler_params=self.params(), interpret=self.interpret)
-
-    def intra_bwd(self, *args):
-        return pallas_intra.intra_bwd(*args, scale=self.scale, C=self.C,
-                                      compiler_params=self.params(), interpret=self.interpret)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _kda_core(q, k, v, G, beta, decay, s0, scale, C, variant, block_sizes, interpret):
+    return _core_fwd(q, k, v, G, beta, decay, s0, scale, C, variant, block_sizes,
+                     interpret)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
-def _kda_core(q, k, v, G, beta, decay, s0, cfg):
-    return _core_fwd(q, k, v, G, beta, decay, s0, cfg)[0]
-
-
-def _core_fwd(q, k, v, G, beta, decay, s0, cfg):
-    W, U, Aqk = cfg.intra_fwd(q, k, v, G, beta)
-    o, sT = cfg.state_fwd(q, k, G, W, U, Aqk, decay, s0, out_dtype=v.dtype, with_states=False)
+def _core_fwd(q, k, v, G, beta, decay, s0, scale, C, variant, block_sizes, interpret):
+    kern = VARIANTS[variant]
+    kw = dict(scale=scale, C=C, block_sizes=block_sizes, interpret=interpret)
+    W, U, Aqk = kern.intra_fwd(q, k, v, G, beta, **kw)
+    o, sT = kern.state_fwd(q, k, G, W, U, Aqk, decay, s0, out_dtype=v.dtype,
+                           with_states=False, **kw)
     return (o, sT), (q, k, v, G, beta, decay, s0)
 
 
-def _core_bwd(cfg, res, cts):
+def _core_bwd(scale, C, variant, block_sizes, interpret, res, cts):
     q, k, v, G, beta, decay, s0 = res
     dO, dsT = cts
-    W, U, Aqk = cfg.intra_fwd(q, k, v, G, beta)
-    _, _, h = cfg.state_fwd(q, k, G, W, U, Aqk, decay, s0, out_dtype=v.dtype, with_states=True)
-    dW, dU, dAqk, dq1, dk1, dG1, ddecay, ds0 = cfg.state_bwd(
-        q, k, G, W, U, Aqk, decay, h, dO, dsT.astype(_F32))
-    dq, dk, dv, dG, dbeta = cfg.intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1)
+    kern = VARIANTS[variant]
+    kw = dict(scale=scale, C=C, block_sizes=block_sizes, interpret=interpret)
+    W, U, Aqk = kern.intra_fwd(q, k, v, G, beta, **kw)
+    _, _, h = kern.state_fwd(q, k, G, W, U, Aqk, decay, s0, out_dtype=v.dtype,
+                             with_states=True, **kw)
+    dW, dU, dAqk, dq1, dk1, dG1, ddecay, ds0 = kern.state_bwd(
+        q, k, G, W, U, Aqk, decay, h, dO, dsT.astype(_F32), **kw)
+    dq, dk, dv, dG, dbeta = kern.intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, **kw)
     return dq, dk, dv, dG, dbeta, ddecay, ds0
 
 
@@ -128,19 +142,21 @@ _kda_core.defvjp(_core_fwd, _core_bwd)
 
 
 def kda_pallas(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_state=None,
-               chunk_size=64, interpret=False, variant=None):
+               chunk_size=64, interpret=False, variant=None, block_sizes=None):
     """Pallas KDA. Returns ``(o_BTHV in v dtype, state_BHKV float32)``.
 
+    ``interpret``: a plain bool here (the op resolves ``None``, ``resolve_interpret``).
     ``variant``: ``"tpu"`` or ``"gpu"`` kernels (default: by backend; ``"tpu"`` on CPU).
+    ``block_sizes``: launch parameters, default ``BlockSizes.get_default()``.
     """
     B, T, H, K = q_BTHK.shape
     V = v_BTHV.shape[-1]
     C = chunk_size
     variant = variant or default_variant()
-    if variant not in ("tpu", "gpu"):
+    if variant not in VARIANTS:
         raise ValueError(f"kda pallas: variant={variant!r} must be 'tpu' or 'gpu'.")
     check_tiles(K, V, C, variant)
-    cfg = _Config(scale=float(scale), C=C, variant=variant, interpret=bool(interpret))
+    block_sizes = block_sizes or BlockSizes.get_default()
     pad = pad_to_chunks(T, C)
     Tp, N = T + pad, (T + pad) // C
 
@@ -157,5 +173,6 @@ def kda_pallas(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_state
     G = G.reshape(B, H, Tp, K)
     beta = to_bhtd(beta_BTH, _F32)[..., None]  # [B, H, Tp, 1]
     s0 = jnp.zeros((B, H, K, V), _F32) if initial_state is None else initial_state
-    o, sT = _kda_core(q, k, v, G, beta, decay, s0, cfg)
+    o, sT = _kda_core(q, k, v, G, beta, decay, s0, float(scale), C, variant, block_sizes,
+                      bool(interpret))
     return jnp.moveaxis(o[:, :, :T], 1, 2), sT

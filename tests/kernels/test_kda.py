@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kernels.kda import kda, kda_chunked
-from kernels.kda.testing import (GRAD_NAMES, assert_close, make_inputs, numpy_kda,
+from tests.kernels.kda_helpers import (GRAD_NAMES, assert_close, make_inputs, numpy_kda,
                                        rel_rms, value_and_grads)
 
 
@@ -65,7 +65,7 @@ def test_xla_extreme_decays(g_min, g_max):
 
 def test_decayed_scores_no_overflow_with_strong_decay():
   """A chunk with cumulative decay ~-640 would overflow exp(-G); scores stay exact."""
-  from kernels.kda.chunked import decayed_scores
+  from kernels.kda.chunked_decay import decayed_scores
   rng = np.random.default_rng(0)
   C, K = 64, 8
   x = rng.standard_normal((C, K))
@@ -86,7 +86,7 @@ def test_xla_every_leaf_branch_matches_reference(T, g_min, g_max, leaf):
   """The xla path picks its leaf block from the decays (chunked.leaf_index): mild decays
   take one factorised product per chunk, moderate ones 16-blocks, strong ones the exact
   recursion. Each branch must equal the recurrence (outputs, state, all gradients)."""
-  from kernels.kda import chunked
+  from kernels.kda import chunked_decay as chunked
   args, weights = make_inputs(B=1, T=T, H=2, K=16, V=16, g_min=g_min, g_max=g_max, seed=5)
   g = jnp.pad(jnp.asarray(args[3], jnp.float32), [(0, 0), (0, -T % 64), (0, 0), (0, 0)])
   g = g.reshape(1, -1, 64, 2, 16)
@@ -124,7 +124,7 @@ def test_xla_segments_match_reference(monkeypatch):
 
 @pytest.mark.parametrize("leaf", [1, 16, 64])
 def test_decayed_scores_every_leaf_equals_direct_sum(leaf):
-  from kernels.kda.chunked import decayed_scores
+  from kernels.kda.chunked_decay import decayed_scores
   rng = np.random.default_rng(1)
   C, K = 64, 8
   x, y = rng.standard_normal((2, C, K))

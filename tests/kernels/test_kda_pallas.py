@@ -13,7 +13,7 @@ from jax import export
 from kernels.kda import kda
 from kernels.kda import pallas as kda_pallas_mod
 from kernels.kda.pallas import kda_pallas
-from kernels.kda.testing import assert_close, make_inputs, rel_rms, value_and_grads
+from tests.kernels.kda_helpers import assert_close, make_inputs, rel_rms, value_and_grads
 
 KERNELS = {"tpu": ("kda_intra_fwd", "kda_state_fwd_tpu", "kda_state_bwd_tpu", "kda_intra_bwd"),
            "gpu": ("kda_intra_fwd", "kda_state_fwd_gpu", "kda_state_bwd_gpu", "kda_intra_bwd")}

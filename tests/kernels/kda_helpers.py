@@ -1,5 +1,6 @@
-"""Test helpers for KDA: inputs, an independent float64 numpy recurrence written from
-kda.md (never calls the library), relative-RMS metrics and per-dtype tolerances."""
+"""Test helpers for the KDA tests (``tests/kernels/test_kda*.py``): inputs, an independent
+float64 numpy recurrence written from kda.md (never calls the library), relative-RMS
+metrics and per-dtype tolerances."""
 from __future__ import annotations
 
 import jax

@@ -1,31 +1,51 @@
-"""Pallas kernels for the intra-chunk part of KDA (forward and backward).
+"""Pallas KDA, shared by both backends: the intra-chunk kernels and the state-pass math.
 
-One grid step handles one chunk of one (batch, head): grid ``(B, H, N)``, every step
-independent ("parallel"), so these kernels are shared by the TPU (Mosaic) and GPU
-(Triton) variants; only compiler parameters differ. Inputs are in ``[B, H, T, D]``
-layout with ``G`` the within-chunk cumulative log-decay (computed in XLA by the caller).
+Inputs are in ``[B, H, T, D]`` layout with ``G`` the within-chunk cumulative log-decay
+(computed in XLA by the caller, ``pallas.py``). What is here is backend-neutral; the
+backend files add compiler parameters and the state-pass kernels:
+
+* ``pallas_tpu.py`` (Mosaic) and ``pallas_gpu.py`` (Triton) call ``intra_fwd`` /
+  ``intra_bwd`` with their own compiler parameters;
+* both build their state-pass kernels from ``step_fwd`` / ``step_bwd`` and the output
+  shapes ``fwd_out_shapes`` / ``bwd_out_shapes``.
+
+Intra-chunk kernels. One grid step handles one chunk of one (batch, head): grid
+``(B, H, N)``, every step independent ("parallel").
 
 Forward (``intra_fwd``), per chunk of ``C`` tokens, everything in float32:
 
 * ``Akk`` (strictly lower, without beta) and ``Aqk`` (lower incl. diagonal) with the
-  sub-chunk stability trick of ``chunked.py``. To stay inside what both Mosaic and
+  sub-chunk stability trick of ``chunked_decay.py``. To stay inside what both Mosaic and
   Triton lower (2-D dots, masks, no value slicing), the off-diagonal blocks of row block
   ``a`` come from one ``[C, K] x [K, C]`` product of row-masked/column-masked factors
   scaled through the reference row ``r = 16 a``; the 16x16 diagonal blocks are computed
   pairwise and placed into the ``C x C`` matrix with 0/1 selector products (exact).
-* ``T = (I + beta Akk)^-1`` by block forward substitution: each 16x16 diagonal block is
-  inverted row by row (forward substitution), then block rows are filled in order,
-  ``T_a = X_aa (P_a - A_a,<a T_<a)``.
-* outputs ``W = T (beta exp(G) k)``, ``U = T (beta v)`` and ``Aqk``.
+* ``Tinv = (I + beta Akk)^-1`` (kda.md's ``T``) by block forward substitution: each
+  16x16 diagonal block is inverted row by row (forward substitution), then block rows
+  are filled in order, ``Tinv_a = X_aa (P_a - A_a,<a Tinv_<a)``.
+* outputs ``W = Tinv (beta exp(G) k)``, ``U = Tinv (beta v)`` and ``Aqk``.
 
 Backward (``intra_bwd``) recomputes the same matrices and, given ``dW, dU, dAqk`` and
 the partial ``dq, dk, dG`` of the state pass, returns ``dq, dk, dv, dG, dbeta``:
 
-    dT = dU (beta v)^T + dW (beta e^G k)^T,   dA = -T^T dT T^T  (strictly lower part)
+    dTinv = dU (beta v)^T + dW (beta e^G k)^T,   dA = -Tinv^T dTinv Tinv^T  (strictly lower)
 
 and the gradients of the decayed score matrices, which are again decayed products
 (``sum_j M_ij y_j exp(G_i - G_j)`` and its transpose) evaluated with the same
 reference-row factorisation.
+
+State pass, per (batch, head), the float32 state ``S [K, V]`` carried across chunks:
+
+    forward, chunk n:   Vn = U - W S
+                        O  = (e^G q) S + Aqk Vn
+                        S  = decay[:, None] S + (e^{G_last - G} k)^T Vn
+
+With ``with_states=True`` the forward also writes the state at the *start* of every
+chunk (``h``, ``[B, H, N*K, V]``), which the backward needs. The backward walks the
+chunks in reverse with ``dS`` (the gradient w.r.t. the state at the end of the chunk)
+and emits, per chunk, ``dW, dU, dAqk`` for the intra-chunk backward, the parts of
+``dq, dk, dG`` that come through ``e^G q`` and ``e^{G_last - G} k``, ``ddecay`` and
+finally the gradient of the initial state.
 """
 from __future__ import annotations
 
@@ -36,7 +56,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-SUB = 16  # sub-chunk rows
+from kernels.kda.chunked_decay import SUB_CHUNK
+
+SUB = SUB_CHUNK  # sub-chunk rows (16, as in the xla path)
 _HIGHEST = lax.Precision.HIGHEST
 _F32 = jnp.float32
 
@@ -104,7 +126,7 @@ def _unit_lower_inverse16(A):
 
 
 def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
-    """Shared forward math: returns ``(Akk_raw, Aqk, T)`` for one chunk (float32)."""
+    """Shared forward math: returns ``(Akk_raw, Aqk, Tinv)`` for one chunk (float32)."""
     ns = C // SUB
     q = q_ref[...].astype(_F32) * scale
     k = k_ref[...].astype(_F32)
@@ -138,20 +160,20 @@ def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
     a_off = beta * akk_off
     row = _iota((C, 1), 0)
 
-    def block_row(a, T):
+    def block_row(a, Tinv):
         rows_a = (row >= a * SUB) & (row < (a + 1) * SUB)
-        return T - dot(x_diag, dot(jnp.where(rows_a, a_off, 0.0), T))
+        return Tinv - dot(x_diag, dot(jnp.where(rows_a, a_off, 0.0), Tinv))
 
-    T = lax.fori_loop(1, ns, block_row, x_diag)
-    return akk_off + akk_diag, aqk, T
+    Tinv = lax.fori_loop(1, ns, block_row, x_diag)
+    return akk_off + akk_diag, aqk, Tinv
 
 
 def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, *, scale, C):
-    _, aqk, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
+    _, aqk, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
     beta = b_ref[...]
     k = k_ref[...].astype(_F32)
-    w_ref[...] = dot(T, beta * jnp.exp(g_ref[...]) * k)
-    u_ref[...] = dot(T, beta * v_ref[...].astype(_F32))
+    w_ref[...] = dot(Tinv, beta * jnp.exp(g_ref[...]) * k)
+    u_ref[...] = dot(Tinv, beta * v_ref[...].astype(_F32))
     aqk_ref[...] = aqk
 
 
@@ -186,7 +208,7 @@ def _decayed_row_col(M, x, y, G, g_ref, x_ref, y_ref, x_scale, C):
 def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_ref,
                       dq1_ref, dk1_ref, dg1_ref,
                       dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale, C):
-    akk_raw, _, T = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
+    akk_raw, _, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
     q = q_ref[...].astype(_F32) * scale
     k = k_ref[...].astype(_F32)
     v = v_ref[...].astype(_F32)
@@ -198,10 +220,10 @@ def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_re
     dW, dU = dw_ref[...], du_ref[...]
     r = _iota((C, C), 0)
     c = _iota((C, C), 1)
-    dT = jnp.where(c <= r, dot_t(dU, bv) + dot_t(dW, bk), 0.0)
-    d_bv = t_dot(T, dU)
-    d_bk = t_dot(T, dW)
-    dA = jnp.where(c < r, -t_dot(T, dot_t(dT, T)), 0.0)  # d(beta * Akk_raw)
+    dTinv = jnp.where(c <= r, dot_t(dU, bv) + dot_t(dW, bk), 0.0)
+    d_bv = t_dot(Tinv, dU)
+    d_bk = t_dot(Tinv, dW)
+    dA = jnp.where(c < r, -t_dot(Tinv, dot_t(dTinv, Tinv)), 0.0)  # d(beta * Akk_raw)
     dbeta = (jnp.sum(v * d_bv, axis=1, keepdims=True)
              + jnp.sum(eG * k * d_bk, axis=1, keepdims=True)
              + jnp.sum(dA * akk_raw, axis=1, keepdims=True))
@@ -263,3 +285,58 @@ def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compil
                    sds((B, H, Tp, K), _F32), sds((B, H, Tp, 1), _F32)],
         compiler_params=compiler_params, interpret=interpret, name="kda_intra_bwd",
     )(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1)
+
+
+# ----------------------------------------------------------------------------- state pass
+# Per-chunk math of the sequential state pass; the backends (``pallas_tpu.py``,
+# ``pallas_gpu.py``) differ only in how they walk the chunks and keep the state.
+def step_fwd(q, k, G, G_last, W, U, Aqk, decay_col, S, scale):
+    q = q.astype(_F32) * scale
+    k = k.astype(_F32)
+    vn = U - dot(W, S)
+    o = dot(q * jnp.exp(G), S) + dot(Aqk, vn)
+    kg = k * jnp.exp(G_last - G)
+    return o, decay_col * S + t_dot(kg, vn)
+
+
+def step_bwd(q, k, G, G_last, W, U, Aqk, decay_col, S, dO, dS, scale):
+    """Reverse step. ``S``: state at chunk start, ``dS``: grad of state at chunk end."""
+    C = q.shape[0]
+    q = q.astype(_F32) * scale
+    k = k.astype(_F32)
+    dO = dO.astype(_F32)
+    eG = jnp.exp(G)
+    qg = q * eG
+    kdec = jnp.exp(G_last - G)
+    kg = k * kdec
+    vn = U - dot(W, S)
+    dvn = t_dot(Aqk, dO) + dot(kg, dS)
+    r = lax.broadcasted_iota(jnp.int32, (C, C), 0)
+    c = lax.broadcasted_iota(jnp.int32, (C, C), 1)
+    daqk = jnp.where(c <= r, dot_t(dO, vn), 0.0)
+    dqg = dot_t(dO, S)
+    dkg = dot_t(vn, dS)
+    last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
+    dG1 = qg * dqg - kg * dkg + jnp.where(last, jnp.sum(kg * dkg, axis=0, keepdims=True), 0.0)
+    ddecay = jnp.sum(S * dS, axis=1, keepdims=True)  # [K, 1]
+    dW = -dot_t(dvn, S)
+    dS_prev = decay_col * dS + t_dot(qg, dO) - t_dot(W, dvn)
+    return dict(dW=dW, dU=dvn, dAqk=daqk, dq1=eG * dqg, dk1=kdec * dkg, dG1=dG1,
+                ddecay=ddecay), dS_prev
+
+
+def fwd_out_shapes(B, H, Tp, K, V, N, out_dtype, with_states):
+    """Outputs of the forward state pass (both variants): ``o``, final state, and the
+    per-chunk start states ``h`` when ``with_states``."""
+    sds = jax.ShapeDtypeStruct
+    shapes = [sds((B, H, Tp, V), out_dtype), sds((B, H, K, V), _F32)]
+    return shapes + ([sds((B, H, N * K, V), _F32)] if with_states else [])
+
+
+def bwd_out_shapes(B, H, Tp, K, V, C, N):
+    """Outputs of the backward state pass (both variants): ``dW, dU, dAqk, dq1, dk1,
+    dG1`` per token, ``ddecay`` per chunk, and the initial state's gradient."""
+    sds = jax.ShapeDtypeStruct
+    return [sds((B, H, Tp, K), _F32), sds((B, H, Tp, V), _F32), sds((B, H, Tp, C), _F32),
+            sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32),
+            sds((B, H, N * K, 1), _F32), sds((B, H, K, V), _F32)]
