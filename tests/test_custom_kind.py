@@ -63,7 +63,7 @@ def test_sweep_trains_and_draws_the_user_kind(swa_sweep):
     assert all(np.isfinite(r["final_val_loss"]) and r["final_val_loss"] < 5.0 for r in swa)
     png = os.path.join(wd, "loss_vs_compute.png")
     assert os.path.getsize(png) > 10_000
-    assert "swa: L = " in proc.stdout            # the fitted-law summary has the arm's law
+    assert "Sliding Window: L = " in proc.stdout  # the fitted-law summary names the arm
     run_dir = os.path.join(wd, swa[0]["run"])
     cfg = json.load(open(os.path.join(run_dir, "config.json")))
     assert cfg["attention_kinds"]["swa"]["module"].endswith("sliding_window")
