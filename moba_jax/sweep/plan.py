@@ -1,0 +1,139 @@
+"""A sweep config expanded into its runs: one :class:`RunPlan` per arm x (size, budget).
+
+A sweep config (see ``configs/scaling.py``) holds a ``base`` run config and:
+
+- ``arms``: comma-separated arm names, each defined in ``arm_defs.<name>`` as
+  model-config overrides (``attention_pattern``, ``full_attention_last_n``,
+  ``attention.<kind>.*``) plus optional ``train`` overrides;
+- ``sizes``: comma-separated size names defined in ``size_defs.<name>`` (model
+  shape fields plus an optional per-size ``lr``);
+- ``budgets``: comma-separated FLOP budgets in ``budget_convention`` (one per
+  size, paired in order, or every size x every budget with ``grid=True``).
+
+Each run's tokens follow from its budget and its own FLOPs per token, so every
+arm gets exactly the same compute at each point.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+
+import ml_collections
+
+from moba_jax import accounting, units
+from moba_jax.budget import RunConfigError, run_length
+from moba_jax.model import validate_model_config
+
+
+class SweepConfigError(ValueError):
+    """A sweep config that cannot be planned (message names the field and the fix)."""
+
+
+@dataclasses.dataclass
+class RunPlan:
+    name: str
+    arm: str
+    size: str
+    budget_flops: float
+    config: ml_collections.ConfigDict
+    steps: int
+    tokens: int
+    n_params_nonembed: int
+    flops_per_token: dict
+
+    def row(self) -> dict:
+        return {"run": self.name, "arm": self.arm, "size": self.size,
+                "n_params_nonembed": self.n_params_nonembed, "steps": self.steps,
+                "tokens": self.tokens, "budget_flops": self.budget_flops,
+                "pflops_days": units.to_pflops_days(self.budget_flops)}
+
+
+def _names(field: str, value: str) -> list[str]:
+    out = [v.strip() for v in str(value).split(",") if v.strip()]
+    if not out:
+        raise SweepConfigError(f"sweep.{field} is empty; list at least one, comma-separated")
+    return out
+
+
+def _merge(dst: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
+    for k, v in overrides.items():
+        if k not in dst:
+            raise SweepConfigError(f"{where}.{k}: no such field in the run config")
+        if isinstance(v, dict):
+            _merge(dst[k], v, f"{where}.{k}")
+        else:
+            dst[k] = v
+
+
+def plan_sweep(cfg) -> list[RunPlan]:
+    """Expands a sweep config into its runs (raises :class:`SweepConfigError`)."""
+    arms = _names("arms", cfg.arms)
+    sizes = _names("sizes", cfg.sizes)
+    try:
+        budgets = [float(b) for b in _names("budgets", cfg.budgets)]
+    except ValueError:
+        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: give comma-separated numbers "
+                               "such as '1e12,3e12'") from None
+    if any(b <= 0 for b in budgets):
+        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: budgets must be positive")
+    if cfg.get("grid", False):
+        pairs = [(s, b) for s in sizes for b in budgets]
+    else:
+        if len(budgets) != len(sizes):
+            raise SweepConfigError(
+                f"sweep.budgets has {len(budgets)} entries but sweep.sizes has {len(sizes)}; "
+                "give one budget per size or set --config.grid=True for every size x budget")
+        pairs = list(zip(sizes, budgets))
+    plans = []
+    for arm in arms:
+        if arm not in cfg.arm_defs:
+            raise SweepConfigError(f"sweep.arms: unknown arm {arm!r}; defined arms: "
+                                   f"{', '.join(sorted(cfg.arm_defs))}")
+        for size, budget in pairs:
+            if size not in cfg.size_defs:
+                raise SweepConfigError(f"sweep.sizes: unknown size {size!r}; defined sizes: "
+                                       f"{', '.join(sorted(cfg.size_defs))}")
+            run_cfg = copy.deepcopy(cfg.base)
+            size_def = dict(cfg.size_defs[size].to_dict())
+            lr = size_def.pop("lr", None)
+            _merge(run_cfg.model, size_def, f"size_defs.{size}")
+            arm_def = dict(cfg.arm_defs[arm].to_dict())
+            train_over = arm_def.pop("train", {})
+            _merge(run_cfg.model, arm_def, f"arm_defs.{arm}")
+            _merge(run_cfg.train, train_over, f"arm_defs.{arm}.train")
+            if lr is not None:
+                run_cfg.train.lr = lr
+            run_cfg.train.update(budget_flops=budget, budget_convention=cfg.budget_convention,
+                                 tokens=0, steps=0)
+            validate_model_config(run_cfg.model)
+            try:
+                length = run_length(run_cfg.model, run_cfg.train)
+            except RunConfigError as e:
+                raise SweepConfigError(f"run {arm}/{size}: {e}") from None
+            name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
+            plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
+                                 accounting.non_embedding_params(run_cfg.model),
+                                 length.flops_per_token))
+    return plans
+
+
+def sweep_fingerprint(cfg) -> str:
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def format_plan(plans: list[RunPlan], convention: str) -> str:
+    """The dry-run table: one row per run (training FLOPs per token in both conventions)."""
+    w = max([len(p.name) for p in plans] + [4]) + 2
+    head = (f"{'run':<{w}}{'N non-emb':>15}{'tokens':>18}{'steps':>9}{'6ND/token':>12}"
+            f"{'exact/token':>13}{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
+    lines = [f"budgets in {convention} FLOPs", head, "-" * len(head)]
+    for p in plans:
+        lines.append(f"{p.name:<{w}}{p.n_params_nonembed:>15,}{p.tokens:>18,}{p.steps:>9}"
+                     f"{p.flops_per_token['6nd']:>12.3g}{p.flops_per_token['exact']:>13.3g}"
+                     f"{p.budget_flops:>14.3g}{units.to_pflops_days(p.budget_flops):>14.3g}")
+    total = sum(p.budget_flops for p in plans)
+    lines.append(f"total: {len(plans)} runs, {total:.3g} {convention} FLOPs = "
+                 f"{units.to_pflops_days(total):.3g} PFLOP/s-days")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The sweep's results table: one row per finished run in ``results.jsonl`` / ``results.csv``.
+
+Each row joins the run's plan (run, arm, size) with its ``RUN_DIR/result.json``
+and the budget in PFLOP/s-days under both conventions. Concurrent workers may
+rewrite the table at once; each write replaces the file atomically.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+
+from moba_jax import units
+from moba_jax.sweep.plan import RunPlan
+
+RESULT_FIELDS = ("run", "arm", "size", "status", "n_params_nonembed", "n_params", "steps", "tokens",
+                 "budget_flops", "convention", "final_val_loss", "flops_per_token_exact",
+                 "flops_per_token_6nd", "flops_per_token_compiled", "flops_exact", "flops_6nd",
+                 "pflops_days_exact", "pflops_days_6nd", "unigram_entropy_nats")
+
+
+def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
+    """One row per run of ``plans`` whose ``result.json`` exists, in plan order."""
+    rows = []
+    for p in plans:
+        path = os.path.join(workdir, p.name, "result.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            res = json.load(f)
+        row = {"run": p.name, "arm": p.arm, "size": p.size, "status": "done", **res}
+        for c in ("exact", "6nd"):
+            row[f"pflops_days_{c}"] = units.to_pflops_days(res[f"flops_{c}"])
+        rows.append(row)
+    return rows
+
+
+def _write_atomic(path: str, write) -> None:
+    """Writes ``path`` via a private temporary file (safe with concurrent writers)."""
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_results(workdir: str, rows: list[dict]) -> None:
+    """Writes ``results.jsonl`` (every field) and ``results.csv`` (:data:`RESULT_FIELDS`)."""
+    def jsonl(f):
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+
+    def csv_rows(f):
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+    _write_atomic(os.path.join(workdir, "results.jsonl"), jsonl)
+    _write_atomic(os.path.join(workdir, "results.csv"), csv_rows)

@@ -1,0 +1,138 @@
+"""The sweep directory's state, read from its files.
+
+``sweep.json`` pins the sweep's config (:func:`check_sweep_dir`); each run is
+``done`` (``RUN_DIR/result.json``), ``running`` (a fresh claim in
+``claims/<run>.claim``, see :mod:`moba_jax.sweep.claims`), ``failed``
+(``RUN_DIR/failed.json``) or ``pending`` (:func:`run_states`);
+``RUN_DIR/attempts.jsonl`` records which worker trained a run from which step
+(:func:`record`). :func:`format_status` is the ``--status`` table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+from moba_jax import units
+from moba_jax.sweep import claims
+from moba_jax.sweep.plan import RunPlan, SweepConfigError, sweep_fingerprint
+
+
+def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
+    """Records the sweep's fingerprint in ``sweep.json`` or checks it (race-free).
+
+    The first worker links a complete file into place (``os.link`` fails if the
+    name exists), so concurrent workers all compare against the same record.
+    With ``create=False`` a directory without ``sweep.json`` passes unchanged.
+    """
+    path = os.path.join(workdir, "sweep.json")
+    fingerprint = sweep_fingerprint(cfg)
+    if not os.path.exists(path):
+        if not create:
+            return
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"fingerprint": fingerprint, "config": cfg.to_dict()}, f, indent=2,
+                      sort_keys=True, default=str)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.remove(tmp)
+    with open(path) as f:
+        old = json.load(f)
+    if old.get("fingerprint") != fingerprint:
+        raise SweepConfigError(
+            f"{workdir} belongs to a sweep with a different config (fingerprint "
+            f"{old.get('fingerprint')} != {fingerprint}); use a fresh --workdir, or the "
+            "exact --config and overrides of the workers already using it")
+
+
+def claims_dir(workdir: str) -> str:
+    return os.path.join(workdir, "claims")
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def checkpoint_step(run_dir: str) -> int:
+    """The run's latest saved checkpoint step (0 when it has none)."""
+    d = os.path.join(run_dir, "checkpoints")
+    steps = [int(n) for n in os.listdir(d) if n.isdigit()] if os.path.isdir(d) else []
+    return max(steps, default=0)
+
+
+def last_logged_step(run_dir: str) -> int:
+    """The step of the last line of ``RUN_DIR/metrics.jsonl`` (0 when there is none)."""
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(f.tell() - 4096, 0))
+            lines = [l for l in f.read().decode(errors="ignore").splitlines() if l.strip()]
+        return int(json.loads(lines[-1])["step"]) if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def record(run_dir: str, event: str, worker: str, **extra) -> None:
+    """Appends one line to ``RUN_DIR/attempts.jsonl`` (who trained what, from which step)."""
+    os.makedirs(run_dir, exist_ok=True)
+    rec = {"event": event, "worker": worker, "time": time.time(), **extra}
+    with open(os.path.join(run_dir, "attempts.jsonl"), "a") as f:
+        f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def run_states(workdir: str, plans: list[RunPlan], claim_timeout_s: float) -> list[dict]:
+    """Each run's state: ``done``, ``running`` (fresh claim), ``failed`` or ``pending``."""
+    out = []
+    for p in plans:
+        run_dir = os.path.join(workdir, p.name)
+        st = {"plan": p, "state": "pending", "detail": ""}
+        result = _read_json(os.path.join(run_dir, "result.json"))
+        failed = _read_json(os.path.join(run_dir, "failed.json"))
+        claim = claims.read_claim(claims.claim_path(claims_dir(workdir), p.name))
+        if result is not None:
+            val = result.get("final_val_loss")
+            st.update(state="done", detail=f"val loss {val:.4f}" if val is not None else "")
+        elif claim is not None and not claims.is_stale(claim, claim_timeout_s):
+            st.update(state="running", detail=f"step {last_logged_step(run_dir)}/{p.steps} by "
+                      f"{claim.get('owner')} (heartbeat {claim['age_s']:.0f}s ago)")
+        elif failed is not None:
+            st.update(state="failed", detail=str(failed.get("error", ""))[:200])
+        else:
+            parts = []
+            ck = checkpoint_step(run_dir)
+            if ck:
+                parts.append(f"resumes from step {ck}/{p.steps}")
+            if claim is not None:
+                parts.append(f"stale claim of {claim.get('owner')} "
+                             f"({claim['age_s']:.0f}s without heartbeat)")
+            st["detail"] = "; ".join(parts)
+        out.append(st)
+    return out
+
+
+def format_status(workdir: str, plans: list[RunPlan], convention: str,
+                  claim_timeout_s: float) -> str:
+    """The ``--status`` table: each run's state and compute."""
+    states = run_states(workdir, plans, claim_timeout_s)
+    w = max([len(p.name) for p in plans] + [4]) + 2
+    head = f"{'run':<{w}}{'state':<9}{'budget FLOPs':>14}{'PFLOP/s-days':>14}  detail"
+    lines = [f"sweep {workdir} (budgets in {convention} FLOPs)", head, "-" * len(head)]
+    for s in states:
+        p = s["plan"]
+        lines.append(f"{p.name:<{w}}{s['state']:<9}{p.budget_flops:>14.3g}"
+                     f"{units.to_pflops_days(p.budget_flops):>14.3g}  {s['detail']}".rstrip())
+    parts = []
+    for k in ("done", "running", "failed", "pending"):
+        sel = [s["plan"].budget_flops for s in states if s["state"] == k]
+        parts.append(f"{len(sel)} {k} ({sum(sel):.3g} FLOPs)")
+    lines.append(f"{len(states)} runs: " + ", ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""Sweep workers: claim unfinished runs of a sweep directory and train them.
+
+Many workers may share one sweep directory (:func:`run_sweep`): ``sweep.json``
+pins the sweep's config, ``claims/<run>.claim`` marks the worker training a run
+(heartbeats, stale-claim takeover: :mod:`moba_jax.sweep.claims`), and each run
+folder holds ``attempts.jsonl`` (which worker trained it from which step) and,
+if it raised, ``failed.json``. Finished runs are skipped on restart; unfinished
+ones resume from their checkpoints. Each finished run rewrites ``results.jsonl``
+/ ``results.csv``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+
+from moba_jax.sweep import claims
+from moba_jax.sweep.plan import format_plan, plan_sweep
+from moba_jax.sweep.results import collect_results, write_results
+from moba_jax.sweep.state import (check_sweep_dir, checkpoint_step, claims_dir, record,
+                                  run_states)
+from moba_jax.train import metrics as mx
+
+log = logging.getLogger("moba_jax")
+
+
+def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
+              claim_timeout_s: float = 600.0, heartbeat_s: float = 30.0,
+              worker_id: str | None = None, wait: bool = False,
+              retry_failed: bool = False) -> list[dict]:
+    """Plans the sweep and trains unclaimed runs as one of possibly many workers.
+
+    Any number of workers (each one process, or one group of processes joined
+    by ``jax.distributed``) may run the same sweep directory at once: a run is
+    trained by the worker that claims it (see :mod:`moba_jax.sweep.claims`), and
+    ``RUN_DIR/attempts.jsonl`` records which worker trained it from which step.
+    A run that raises is recorded in ``RUN_DIR/failed.json`` and skipped by
+    later workers unless ``retry_failed``. Each finished run rewrites the
+    results table; once no run is pending or running, the figure and fitted
+    laws are written too. With ``wait`` a worker that finds nothing to claim
+    polls until the runs held by others finish (taking over any whose worker died).
+
+    On SIGTERM the current run checkpoints, its claim is released and
+    :class:`~moba_jax.train.loop.Preempted` is raised.
+    """
+    import jax
+
+    from moba_jax import distributed
+    from moba_jax.train.loop import Preempted, train  # heavy imports only when training
+
+    plans = plan_sweep(cfg)
+    main = jax.process_index() == 0
+    say = echo if main else (lambda *_: None)
+    say(format_plan(plans, cfg.budget_convention))
+    if dry_run:
+        return [p.row() for p in plans]
+    os.makedirs(claims_dir(workdir), exist_ok=True)
+    check_sweep_dir(cfg, workdir)
+    distributed.install_preemption_handler()
+    worker = worker_id or claims.new_worker_id()
+    if jax.process_count() > 1:
+        say(f"worker {worker}: {jax.process_count()} processes, {jax.device_count()} devices")
+    reported: set[str] = set()
+    attempted: set[str] = set()
+
+    def next_run() -> tuple[int, claims.Claim | None, bool]:
+        """(index of a run now claimed or -1, its claim, whether other workers hold runs)."""
+        busy = False
+        for i, s in enumerate(run_states(workdir, plans, claim_timeout_s)):
+            name = s["plan"].name
+            if name in attempted:
+                continue
+            if s["state"] == "done" or (s["state"] == "failed" and not retry_failed):
+                if name not in reported:
+                    reported.add(name)
+                    say(f"[{i + 1}/{len(plans)}] {name}: "
+                        + ("finished, skipped" if s["state"] == "done"
+                           else f"failed earlier, skipped ({s['detail']})"))
+                continue
+            if s["state"] == "running":
+                busy = True
+                continue
+            c = claims.try_claim(claims_dir(workdir), name, worker,
+                                 timeout_s=claim_timeout_s, heartbeat_s=heartbeat_s)
+            if c is None:
+                busy = True
+                continue
+            if os.path.exists(os.path.join(workdir, name, "result.json")):
+                c.release()   # finished between our look and our claim
+                continue
+            return i, c, busy
+        return -1, None, busy
+
+    while True:
+        if distributed.preemption_requested():
+            raise Preempted(workdir, -1, "SIGTERM: sweep worker stopped before its next run; "
+                            "relaunch it to continue the sweep")
+        i, claim, busy = next_run() if main else (-1, None, False)
+        i = distributed.broadcast_from_main(i)
+        busy = bool(distributed.broadcast_from_main(int(busy)))
+        if i < 0:
+            if wait and busy:
+                time.sleep(min(heartbeat_s, 10.0))
+                continue
+            break
+        p = plans[i]
+        reported.add(p.name)
+        attempted.add(p.name)   # once per worker session, even with retry_failed
+        run_dir = os.path.join(workdir, p.name)
+        tag = f"[{i + 1}/{len(plans)}] {p.name}"
+        try:
+            from_step = checkpoint_step(run_dir)
+            if main:
+                record(run_dir, "start", worker, from_step=from_step)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(run_dir, "failed.json"))
+            say(f"{tag}: {p.n_params_nonembed:,} non-embedding params, {p.tokens:,} tokens, "
+                f"{p.steps} steps" + (f", resuming from step {from_step}" if from_step else ""))
+            try:
+                res = train(p.config, run_dir)
+            except Preempted as e:
+                if main:
+                    record(run_dir, "preempted", worker, step=e.step)
+                say(f"{tag}: preempted, checkpoint at step {e.step}; claim released")
+                raise
+            except Exception as e:  # a broken run must not stop the sweep
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                msg = f"{type(e).__name__}: {first}"[:500]
+                log.exception("%s failed", p.name)
+                if main:
+                    mx.write_json_atomic(os.path.join(run_dir, "failed.json"),
+                                         {"error": msg, "worker": worker, "time": time.time()})
+                    record(run_dir, "failed", worker, error=msg)
+                say(f"{tag}: FAILED ({msg}); moving on")
+                continue
+            if main:
+                record(run_dir, "done", worker, step=res.steps)
+                write_results(workdir, collect_results(workdir, plans))
+            say(f"{tag}: final validation loss {res.final_val_loss:.4f}")
+        finally:
+            if claim is not None:
+                claim.release()
+
+    rows = collect_results(workdir, plans)
+    if not main:
+        return rows
+    write_results(workdir, rows)
+    states = run_states(workdir, plans, claim_timeout_s)
+    left = [s["plan"].name for s in states if s["state"] in ("running", "pending")]
+    failed = [s for s in states if s["state"] == "failed"]
+    if left:
+        echo(f"{len(left)} runs still running or pending ({', '.join(left)}); the worker that "
+             "finishes the last run writes the figure; see --status")
+    elif rows:
+        summarize(workdir, rows, cfg.budget_convention, echo)
+    if failed:
+        echo(f"{len(failed)} runs failed: " + "; ".join(
+            f"{s['plan'].name}: {s['detail']}" for s in failed)
+             + " (fix the cause, then relaunch with --retry_failed)")
+    return rows
+
+
+def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> None:
+    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law."""
+    from analysis import plots, results
+    sweep = results.load_sweep(workdir)
+    out = os.path.join(workdir, "loss_vs_compute.png")
+    tmp_dir = os.path.join(workdir, f".figure.{uuid.uuid4().hex[:8]}")  # concurrent workers
+    try:
+        fig = plots.plot_loss_vs_compute(sweep, os.path.join(tmp_dir, "loss_vs_compute.png"),
+                                         convention=convention)
+        for ext in (".png", ".pdf"):
+            src = os.path.join(tmp_dir, "loss_vs_compute" + ext)
+            if os.path.exists(src):
+                os.replace(src, os.path.join(workdir, "loss_vs_compute" + ext))
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    echo(f"figure: {out}")
+    echo(f"fitted laws on the lower envelope (C in PFLOP/s-days, {convention} FLOPs):")
+    echo("  " + fig.summary().replace("\n", "\n  "))
+    entropy = rows[0].get("unigram_entropy_nats") if rows else None
+    if entropy is not None:
+        best = min(rows, key=lambda r: r["final_val_loss"])
+        echo(f"byte-unigram entropy of the corpus: {entropy:.4f} nats/token; best validation "
+             f"loss: {best['final_val_loss']:.4f} ({best['run']})")
