@@ -18,7 +18,7 @@ is released; relaunch to continue).
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+from experiments import common, summary
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Sweep config (configs/scaling.py[:variant]).",
@@ -60,10 +60,11 @@ def main(argv):
             return
         if not FLAGS.dry_run:
             common.init_distributed()
-        sweep.run_sweep(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run,
-                        claim_timeout_s=FLAGS.claim_timeout_s, heartbeat_s=FLAGS.heartbeat_s,
-                        worker_id=FLAGS.worker_id, wait=FLAGS.wait,
-                        retry_failed=FLAGS.retry_failed)
+        outcome = sweep.run_sweep(FLAGS.config, FLAGS.workdir, dry_run=FLAGS.dry_run,
+                                  claim_timeout_s=FLAGS.claim_timeout_s,
+                                  heartbeat_s=FLAGS.heartbeat_s, worker_id=FLAGS.worker_id,
+                                  wait=FLAGS.wait, retry_failed=FLAGS.retry_failed)
+        summary.finish(outcome, FLAGS.workdir, FLAGS.config.budget_convention)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,10 @@ ones resume from their checkpoints. Each finished run rewrites ``results.jsonl``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
-import shutil
 import time
-import uuid
 
 from moba_jax.sweep import claims
 from moba_jax.sweep.plan import format_plan, plan_sweep
@@ -27,10 +26,43 @@ from moba_jax.train import metrics as mx
 log = logging.getLogger("moba_jax")
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepOutcome:
+    """What a worker leaves behind: the results rows and every run's state.
+
+    ``rows`` are the rows of ``results.jsonl`` (for a dry run, each plan's
+    :meth:`~moba_jax.sweep.plan.RunPlan.row`); ``states`` the runs' states from
+    :func:`~moba_jax.sweep.state.run_states` when the worker stopped (empty for a
+    dry run and on processes other than process 0, ``main=False``, which
+    neither print nor write).
+    """
+
+    rows: list[dict]
+    states: list[dict]
+    main: bool = True
+    dry_run: bool = False
+
+    @property
+    def unfinished(self) -> list[str]:
+        """Runs still running (claimed by other workers) or pending."""
+        return [s["plan"].name for s in self.states if s["state"] in ("running", "pending")]
+
+    @property
+    def failed(self) -> list[dict]:
+        """States of the runs recorded as failed."""
+        return [s for s in self.states if s["state"] == "failed"]
+
+    @property
+    def complete(self) -> bool:
+        """Whether this worker saw the sweep end (no run running or pending) and may
+        write the sweep's figure."""
+        return self.main and not self.dry_run and not self.unfinished
+
+
 def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
               claim_timeout_s: float = 600.0, heartbeat_s: float = 30.0,
               worker_id: str | None = None, wait: bool = False,
-              retry_failed: bool = False) -> list[dict]:
+              retry_failed: bool = False) -> SweepOutcome:
     """Plans the sweep and trains unclaimed runs as one of possibly many workers.
 
     Any number of workers (each one process, or one group of processes joined
@@ -39,9 +71,10 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     ``RUN_DIR/attempts.jsonl`` records which worker trained it from which step.
     A run that raises is recorded in ``RUN_DIR/failed.json`` and skipped by
     later workers unless ``retry_failed``. Each finished run rewrites the
-    results table; once no run is pending or running, the figure and fitted
-    laws are written too. With ``wait`` a worker that finds nothing to claim
-    polls until the runs held by others finish (taking over any whose worker died).
+    results table. The returned :class:`SweepOutcome` says whether the sweep is
+    complete; the caller then draws its figure (``experiments/summary.py``).
+    With ``wait`` a worker that finds nothing to claim polls until the runs held
+    by others finish (taking over any whose worker died).
 
     On SIGTERM the current run checkpoints, its claim is released and
     :class:`~moba_jax.train.loop.Preempted` is raised.
@@ -56,7 +89,7 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     say = echo if main else (lambda *_: None)
     say(format_plan(plans, cfg.budget_convention))
     if dry_run:
-        return [p.row() for p in plans]
+        return SweepOutcome([p.row() for p in plans], [], main=main, dry_run=True)
     os.makedirs(claims_dir(workdir), exist_ok=True)
     check_sweep_dir(cfg, workdir)
     distributed.install_preemption_handler()
@@ -146,43 +179,6 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
 
     rows = collect_results(workdir, plans)
     if not main:
-        return rows
+        return SweepOutcome(rows, [], main=False)
     write_results(workdir, rows)
-    states = run_states(workdir, plans, claim_timeout_s)
-    left = [s["plan"].name for s in states if s["state"] in ("running", "pending")]
-    failed = [s for s in states if s["state"] == "failed"]
-    if left:
-        echo(f"{len(left)} runs still running or pending ({', '.join(left)}); the worker that "
-             "finishes the last run writes the figure; see --status")
-    elif rows:
-        summarize(workdir, rows, cfg.budget_convention, echo)
-    if failed:
-        echo(f"{len(failed)} runs failed: " + "; ".join(
-            f"{s['plan'].name}: {s['detail']}" for s in failed)
-             + " (fix the cause, then relaunch with --retry_failed)")
-    return rows
-
-
-def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> None:
-    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law."""
-    from analysis import plots, results
-    sweep = results.load_sweep(workdir)
-    out = os.path.join(workdir, "loss_vs_compute.png")
-    tmp_dir = os.path.join(workdir, f".figure.{uuid.uuid4().hex[:8]}")  # concurrent workers
-    try:
-        fig = plots.plot_loss_vs_compute(sweep, os.path.join(tmp_dir, "loss_vs_compute.png"),
-                                         convention=convention)
-        for ext in (".png", ".pdf"):
-            src = os.path.join(tmp_dir, "loss_vs_compute" + ext)
-            if os.path.exists(src):
-                os.replace(src, os.path.join(workdir, "loss_vs_compute" + ext))
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    echo(f"figure: {out}")
-    echo(f"fitted laws on the lower envelope (C in PFLOP/s-days, {convention} FLOPs):")
-    echo("  " + fig.summary().replace("\n", "\n  "))
-    entropy = rows[0].get("unigram_entropy_nats") if rows else None
-    if entropy is not None:
-        best = min(rows, key=lambda r: r["final_val_loss"])
-        echo(f"byte-unigram entropy of the corpus: {entropy:.4f} nats/token; best validation "
-             f"loss: {best['final_val_loss']:.4f} ({best['run']})")
+    return SweepOutcome(rows, run_states(workdir, plans, claim_timeout_s))
