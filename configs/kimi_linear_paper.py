@@ -85,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.arm_defs = ml_collections.ConfigDict(dict(
         mla=dict(attention_pattern="mla", attention=dict(mla=dict(MLA, rope=True))),
         kimi_linear=dict(attention_pattern="kda,kda,kda,mla",
-                         attention=dict(kda=KDA, mla=dict(MLA, rope=False))),
+                         attention=dict(kda=KDA, mla=dict(MLA, rope=False)),
+                         display_name="Kimi Linear"),
     ))
     c.arms = "mla,kimi_linear"
     sizes, budgets = lm.paper_sizes(TABLE, LRS, HEAD_DIM, mla_layer_params)

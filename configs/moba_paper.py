@@ -67,9 +67,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         full=dict(attention_pattern="full"),
         moba=dict(attention_pattern="moba", attention=dict(moba=moba)),
         moba_last3_full=dict(attention_pattern="moba", full_attention_last_n=3,
-                             attention=dict(moba=moba)),
+                             attention=dict(moba=moba), display_name="MoBA (last 3 layers full)"),
         moba_switch90=dict(attention_pattern="moba", attention=dict(moba=moba),
-                           train=dict(switch_to_full_at=0.9)),
+                           train=dict(switch_to_full_at=0.9),
+                           display_name="MoBA, full for the last 10%"),
     ))
     c.arms = "full,moba"
     sizes, budgets = lm.paper_sizes(TABLE1, LRS, HEAD_DIM, mha_params)

@@ -34,7 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.budget_convention = "exact"
     c.grid = False
 
-    # Arms: model-config overrides (plus optional train overrides).
+    # Arms: model-config overrides (plus optional train overrides). Figures and reports
+    # name and colour each arm by its layers' attention kinds ("Full Attention", "MoBA",
+    # "MLA"); hybrids set their own ``display_name`` (and may set a ``colour``).
     # MoBA at seq_len 256 uses 8 blocks of 32 with top-3 (current + 2 past): each
     # query attends at most 96 keys, so attention is 1 - 96/256 = 62.5% sparse at
     # the full length (moba.md's 8K/512/top-3 setting is 81.25%). The two MoBA
@@ -52,12 +54,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         full=dict(attention_pattern="full"),
         moba=dict(attention_pattern="moba", attention=dict(moba=moba)),
         moba_last1_full=dict(attention_pattern="moba", full_attention_last_n=1,
-                             attention=dict(moba=moba)),
+                             attention=dict(moba=moba), display_name="MoBA (last layer full)"),
         moba_switch90=dict(attention_pattern="moba", attention=dict(moba=moba),
-                           train=dict(switch_to_full_at=0.9)),
+                           train=dict(switch_to_full_at=0.9),
+                           display_name="MoBA, full for the last 10%"),
         mla=dict(attention_pattern="mla", attention=dict(mla=dict(mla, rope=True))),
         kimi_linear=dict(attention_pattern="kda,kda,kda,mla",
-                         attention=dict(kda=kda, mla=dict(mla, rope=False))),
+                         attention=dict(kda=kda, mla=dict(mla, rope=False)),
+                         display_name="Kimi Linear"),
     ))
     c.arms = "full,moba,mla,kimi_linear"
 

@@ -4,7 +4,10 @@ A sweep config (see ``configs/scaling.py``) holds a ``base`` run config and:
 
 - ``arms``: comma-separated arm names, each defined in ``arm_defs.<name>`` as
   model-config overrides (``attention_pattern``, ``full_attention_last_n``,
-  ``attention.<kind>.*``) plus optional ``train`` overrides;
+  ``attention.<kind>.*``) plus optional ``train`` overrides and an optional
+  ``display_name`` and ``colour`` (a matplotlib colormap name) for figures and
+  reports; without them the attention registry names and colours the arm from
+  its layers' kinds (:func:`moba_jax.attention.describe`);
 - ``sizes``: comma-separated size names defined in ``size_defs.<name>`` (model
   shape fields plus an optional per-size ``lr``);
 - ``budgets``: comma-separated FLOP budgets in ``budget_convention`` (one per
@@ -23,8 +26,12 @@ import json
 import ml_collections
 
 from moba_jax import accounting, units
+from moba_jax.attention import describe
 from moba_jax.budget import RunConfigError, run_length
-from moba_jax.model import validate_model_config
+from moba_jax.model import layer_kinds, validate_model_config
+
+# Keys of ``arm_defs.<arm>`` that label an arm without changing its runs.
+LABEL_KEYS = ("display_name", "colour")
 
 
 class SweepConfigError(ValueError):
@@ -42,9 +49,12 @@ class RunPlan:
     tokens: int
     n_params_nonembed: int
     flops_per_token: dict
+    arm_display: str
+    arm_colour: str
 
     def row(self) -> dict:
-        return {"run": self.name, "arm": self.arm, "size": self.size,
+        return {"run": self.name, "arm": self.arm, "arm_display": self.arm_display,
+                "arm_colour": self.arm_colour, "size": self.size,
                 "n_params_nonembed": self.n_params_nonembed, "steps": self.steps,
                 "tokens": self.tokens, "budget_flops": self.budget_flops,
                 "pflops_days": units.to_pflops_days(self.budget_flops)}
@@ -65,6 +75,15 @@ def _merge(dst: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
             _merge(dst[k], v, f"{where}.{k}")
         else:
             dst[k] = v
+
+
+def _label(arm: str, arm_def: dict, key: str) -> str | None:
+    """Pops ``arm_defs.<arm>.<key>`` (a display name or colour) from ``arm_def``."""
+    value = arm_def.pop(key, None)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise SweepConfigError(f"arm_defs.{arm}.{key}={value!r}: give a non-empty string "
+                               "or leave it out to take the attention registry's")
+    return value
 
 
 def plan_sweep(cfg) -> list[RunPlan]:
@@ -101,6 +120,7 @@ def plan_sweep(cfg) -> list[RunPlan]:
             _merge(run_cfg.model, size_def, f"size_defs.{size}")
             arm_def = dict(cfg.arm_defs[arm].to_dict())
             train_over = arm_def.pop("train", {})
+            display, colour = (_label(arm, arm_def, k) for k in LABEL_KEYS)
             _merge(run_cfg.model, arm_def, f"arm_defs.{arm}")
             _merge(run_cfg.train, train_over, f"arm_defs.{arm}.train")
             if lr is not None:
@@ -113,14 +133,22 @@ def plan_sweep(cfg) -> list[RunPlan]:
             except RunConfigError as e:
                 raise SweepConfigError(f"run {arm}/{size}: {e}") from None
             name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
+            kind_display, kind_colour = describe(layer_kinds(run_cfg.model))
             plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
                                  accounting.non_embedding_params(run_cfg.model),
-                                 length.flops_per_token))
+                                 length.flops_per_token, display or kind_display,
+                                 colour or kind_colour))
     return plans
 
 
 def sweep_fingerprint(cfg) -> str:
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Hash of the sweep config that ``sweep.json`` pins, less the arms' labels
+    (:data:`LABEL_KEYS`): renaming or recolouring an arm changes no run."""
+    d = cfg.to_dict()
+    for arm_def in d.get("arm_defs", {}).values():
+        for k in LABEL_KEYS:
+            arm_def.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def format_plan(plans: list[RunPlan], convention: str) -> str:

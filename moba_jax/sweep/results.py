@@ -1,6 +1,7 @@
 """The sweep's results table: one row per finished run in ``results.jsonl`` / ``results.csv``.
 
-Each row joins the run's plan (run, arm, size) with its ``RUN_DIR/result.json``
+Each row joins the run's plan (run, arm and the arm's display name and colour
+family, size) with its ``RUN_DIR/result.json``
 and the budget in PFLOP/s-days under both conventions. Concurrent workers may
 rewrite the table at once; each write replaces the file atomically.
 """
@@ -14,10 +15,11 @@ import uuid
 from moba_jax import units
 from moba_jax.sweep.plan import RunPlan
 
-RESULT_FIELDS = ("run", "arm", "size", "status", "n_params_nonembed", "n_params", "steps", "tokens",
-                 "budget_flops", "convention", "final_val_loss", "flops_per_token_exact",
-                 "flops_per_token_6nd", "flops_per_token_compiled", "flops_exact", "flops_6nd",
-                 "pflops_days_exact", "pflops_days_6nd", "unigram_entropy_nats")
+RESULT_FIELDS = ("run", "arm", "arm_display", "arm_colour", "size", "status", "n_params_nonembed",
+                 "n_params", "steps", "tokens", "budget_flops", "convention", "final_val_loss",
+                 "flops_per_token_exact", "flops_per_token_6nd", "flops_per_token_compiled",
+                 "flops_exact", "flops_6nd", "pflops_days_exact", "pflops_days_6nd",
+                 "unigram_entropy_nats")
 
 
 def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
@@ -29,7 +31,8 @@ def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
             continue
         with open(path) as f:
             res = json.load(f)
-        row = {"run": p.name, "arm": p.arm, "size": p.size, "status": "done", **res}
+        row = {"run": p.name, "arm": p.arm, "arm_display": p.arm_display,
+               "arm_colour": p.arm_colour, "size": p.size, "status": "done", **res}
         for c in ("exact", "6nd"):
             row[f"pflops_days_{c}"] = units.to_pflops_days(res[f"flops_{c}"])
         rows.append(row)
