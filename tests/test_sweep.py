@@ -61,3 +61,62 @@ def test_plan_is_compute_matched():
         per_step = p.flops_per_token["exact"] * p.tokens / p.steps
         assert p.steps * per_step <= p.budget_flops < (p.steps + 1) * per_step
         assert p.n_params_nonembed == accounting.non_embedding_params(p.config.model)
+
+
+def test_rows_carry_arm_display_and_colour(tiny_sweep):
+    wd, proc = tiny_sweep
+    rows = read_jsonl(wd / "results.jsonl")
+    want = {"full": ("Full Attention", "Blues"), "moba": ("MoBA", "Reds")}
+    assert {r["arm"]: (r["arm_display"], r["arm_colour"]) for r in rows} == want
+    with open(wd / "results.csv") as f:
+        assert {r["arm_display"] for r in csv.DictReader(f)} == {"Full Attention", "MoBA"}
+    assert "Full Attention: L = " in proc.stdout   # the fitted laws name arms by display name
+
+
+def test_arm_labels_from_the_registry_or_the_arm_def():
+    from moba_jax.sweep.plan import SweepConfigError, sweep_fingerprint
+    cfg = get_config()
+    cfg.arms = "full,moba,mla,kimi_linear,moba_last1_full,moba_switch90"
+    labels = {p.arm: (p.arm_display, p.arm_colour) for p in plan_sweep(cfg)}
+    assert labels == {"full": ("Full Attention", "Blues"), "moba": ("MoBA", "Reds"),
+                      "mla": ("MLA", "Blues"), "kimi_linear": ("Kimi Linear", "Reds"),
+                      "moba_last1_full": ("MoBA (last layer full)", "Reds"),
+                      "moba_switch90": ("MoBA, full for the last 10%", "Reds")}
+    before = sweep_fingerprint(cfg)
+    cfg.arm_defs.moba.colour = "Oranges"
+    cfg.arm_defs.moba.display_name = "Block sparse"
+    assert {p.arm_colour for p in plan_sweep(cfg) if p.arm == "moba"} == {"Oranges"}
+    assert {p.arm_display for p in plan_sweep(cfg) if p.arm == "moba"} == {"Block sparse"}
+    assert sweep_fingerprint(cfg) == before      # labels change no run
+    cfg.arm_defs.moba.display_name = " "
+    with pytest.raises(SweepConfigError, match="arm_defs.moba.display_name"):
+        plan_sweep(cfg)
+
+
+def test_end_of_sweep_lines(monkeypatch):
+    """The figure is drawn only by process 0 of a worker that sees the sweep complete."""
+    import types
+
+    from experiments import summary
+    from moba_jax.sweep.worker import SweepOutcome
+
+    drawn = []
+    monkeypatch.setattr(summary, "summarize", lambda wd, rows, conv, echo: drawn.append(wd))
+    st = lambda name, state, detail="": {"plan": types.SimpleNamespace(name=name),  # noqa: E731
+                                         "state": state, "detail": detail}
+    rows = [{"run": "a"}]
+
+    def lines(outcome):
+        out = []
+        summary.finish(outcome, "WD", "exact", echo=out.append)
+        return out
+
+    assert lines(SweepOutcome(rows, [st("a", "done"), st("b", "failed", "boom")])) == [
+        "1 runs failed: b: boom (fix the cause, then relaunch with --retry_failed)"]
+    assert drawn == ["WD"]
+    left = lines(SweepOutcome(rows, [st("a", "done"), st("b", "running"), st("c", "pending")]))
+    assert left == ["2 runs still running or pending (b, c); the worker that finishes the last "
+                    "run writes the figure; see --status"]
+    assert lines(SweepOutcome(rows, [], main=False)) == []
+    assert lines(SweepOutcome(rows, [], dry_run=True)) == []
+    assert drawn == ["WD"]
