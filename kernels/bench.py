@@ -412,12 +412,5 @@ def kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (2, 1000, 4, 64, "float32")
         except Exception:  # noqa: BLE001
             print(f"[check] B={B} T={T} H={H} D={D} {dt}: FAILED")
             traceback.print_exc()
-    for T in seq_lens:
-        args = kda_inputs(T, batch=1, heads=heads, head_dim=head_dim, dtype=dtype)
-        for impl in ("xla", "pallas", "dense"):
-            try:
-                s = kda_time_fwd_bwd(impl, args)
-                print(f"[time] {impl:>6} T={T:>6} H={heads} D={head_dim} {dtype}: "
-                      f"{s * 1e3:9.2f} ms")
-            except Exception as e:  # noqa: BLE001
-                print(f"[time] {impl:>6} T={T:>6}: FAILED {type(e).__name__}: {str(e)[:300]}")
+    kda_print_rows(kda_run(seq_lens, heads=heads, head_dim=head_dim, dtype=dtype,
+                           implementations=("xla", "pallas")))

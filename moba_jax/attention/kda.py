@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
+from kernels.kda.cost import chunk_flops
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
 from moba_jax.sharding import constrain
@@ -96,9 +97,6 @@ class ShortConv(nnx.Module):
 
 # --- accounting ------------------------------------------------------------------
 
-KDA_SUB_CHUNK = 16   # kernels/kda/chunked.py: block size of the triangular inverse
-
-
 def kda_params(cfg) -> int:
     """Parameters of one KDA layer: W_q, W_k, W_v, three short convs, the low-rank
     decay and gate projections, A_log, dt_bias, W_beta, the output norm, W_o."""
@@ -125,33 +123,6 @@ def kda_core_exact_per_token(head_dim: int, chunk: int, seq_len: int) -> float:
     return 6.0 * head_dim ** 2 + 3.0 * c * head_dim + c * c
 
 
-def kda_chunk_compiled(c: int, k: int, s: int = KDA_SUB_CHUNK) -> dict[str, float]:
-    """FLOPs of one chunk and head of ``kernels.kda.chunked.kda_chunked``'s forward
-    (K = V = k) on its usual branch, where each chunk's decayed score matrices are one
-    factorised product (leaf = the whole chunk; the branches for strong decays compute
-    less, and XLA's cost analysis also counts a conditional as its largest branch):
-
-    - ``parallel``: everything batched over chunks: the q scaling, the in-chunk
-      cumulative sum of g (a product with a ``C x C`` triangle of ones, ``2 C^2 K``),
-      both score matrices (``4 C^2 K``) with their factors and masks, the blocked
-      inverse ``(I + beta Akk)^-1`` (16 x 16 diagonal blocks by row updates, then block
-      rows), ``W`` and ``U`` (``4 C^2 K``) and the output ``(e^G q) S + Aqk Vn``;
-    - ``scan``: one step of the sequential scan over chunks (``W S`` and ``Kg^T Vn``
-      and the element-wise updates). XLA counts a loop body once, whatever its trip
-      count.
-    """
-    ns = c // s
-    scores = 4 * c * c * k + 6 * c * k + 2 * c * c
-    inverse = ((s - 1) * ns * (2 * s * s + s)
-               + sum(2 * s * (a * s) * c + 2 * s * s * c + s * c for a in range(1, ns)))
-    intra = c * c + 4 * c * c * k + 4 * c * k         # beta Akk; W, U; their right sides
-    decays = 4 * c * k                                  # G_last - G, e^G q, e^.. k
-    output = 2 * c * k * k + 2 * c * c * k + c * k
-    parallel = k * c + 2 * c * c * k + scores + inverse + intra + decays + output
-    scan = 4 * c * k * k + c * k + 2 * k * k
-    return {"parallel": float(parallel), "scan": float(scan)}
-
-
 def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
     """Per-token FLOPs of the recurrence as the configured path computes it (all heads)."""
     o = cfg.attention.kda
@@ -161,15 +132,15 @@ def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
         return h * (2.0 * k * k + 2.0 * k * k + 3.0 * k * k + 2.0 * k * k)
     c = int(o.chunk_size)
     n = -(-seq_len // c)
-    per_chunk = sum(kda_chunk_compiled(c, k).values())
+    per_chunk = sum(chunk_flops(c, k).values())
     return h * n * per_chunk / seq_len
 
 
 def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
     """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
     not see: the scan body beyond its first trip. Used by the FLOP tests to compare
-    like with like; see ``kda_chunk_compiled``. This holds while the sequence runs as
-    one segment (``kernels.kda.chunked.num_segments``: up to about 1 MiB per q-sized
+    like with like; see :func:`kernels.kda.cost.chunk_flops`. This holds while the sequence
+    runs as one segment (``kernels.kda.cost.num_segments``: up to about 1 MiB per q-sized
     float32 tensor, batch x seq_len x heads x head_dim x 4 bytes); a longer input runs
     as s segments, each with its own scan, and XLA then sees s trips."""
     o = cfg.attention.kda
@@ -177,7 +148,7 @@ def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
         raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
     c = int(o.chunk_size)
     n = -(-seq_len // c)
-    terms = kda_chunk_compiled(c, cfg.head_dim)
+    terms = chunk_flops(c, cfg.head_dim)
     return cfg.n_heads * (n - 1) * terms["scan"] / seq_len
 
 
