@@ -18,12 +18,13 @@ def finish(outcome, workdir: str, convention: str, echo=print) -> None:
     """Prints the end-of-sweep lines and, when the sweep is complete, draws its figure."""
     if not outcome.main or outcome.dry_run:
         return
-    left = outcome.unfinished
-    if left:
+    if outcome.complete:
+        if outcome.rows:
+            summarize(workdir, outcome.rows, convention, echo)
+    else:
+        left = outcome.unfinished
         echo(f"{len(left)} runs still running or pending ({', '.join(left)}); the worker that "
              "finishes the last run writes the figure; see --status")
-    elif outcome.rows:
-        summarize(workdir, outcome.rows, convention, echo)
     failed = outcome.failed
     if failed:
         echo(f"{len(failed)} runs failed: " + "; ".join(
