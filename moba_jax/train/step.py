@@ -48,7 +48,7 @@ def train_step(state, batch, *, spec, tx, schedule, grad_accum: int):
         (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), mbs)
     n = jnp.maximum(n, 1.0)
     grads = jax.tree.map(lambda g: g / n, grads)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
