@@ -25,8 +25,17 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
 ]
 
+TENSORBOARD = [
+    # train.tensorboard=True writes RUN_DIR/tb/ through tensorboardX (imported only then).
+    "tensorboardX==2.6.5",
+]
+
 EXTRAS_REQUIRE = {
+    "tensorboard": TENSORBOARD,
     "dev": [
+        *TENSORBOARD,
+        # tests/test_tensorboard.py reads the events back (and `tensorboard --logdir` views them).
+        "tensorboard==2.21.0",
         "pytest==9.2.0",
         "pytest-timeout==2.4.0",
         # Executing notebooks/analysis.ipynb in tests/test_notebook.py.

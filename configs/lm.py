@@ -46,6 +46,7 @@ def train_config() -> ml_collections.ConfigDict:
         log_every=10,
         checkpoint_every=100,
         progress=True,
+        tensorboard=False,           # also write metrics to RUN_DIR/tb/ (needs tensorboardX)
         peak_flops_per_device=0.0,   # 0: from the device kind when known (for MFU)
     ))
 

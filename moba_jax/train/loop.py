@@ -59,7 +59,7 @@ def config_fingerprint(config) -> str:
     """Hash of everything that determines the run's trajectory (not its logging)."""
     keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
             for k in ("model", "data", "train") if k in config}
-    for k in ("log_every", "checkpoint_every", "progress", "peak_flops_per_device"):
+    for k in ("log_every", "checkpoint_every", "progress", "peak_flops_per_device", "tensorboard"):
         keep["train"].pop(k, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -96,6 +96,10 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = shd.rules_from_config(config.mesh.get("rules"))
     _validate(config, mesh.shape["data"] * mesh.shape["fsdp"])
+    tb_dir = os.path.join(workdir, "tb") if t.get("tensorboard", False) else None
+    if tb_dir and not mx.tensorboard_available():
+        raise RunConfigError('train.tensorboard=True needs tensorboardX; pip install -e ".[tensorboard]" '
+                             "or leave train.tensorboard=False")
     length = run_length(config.model, t)
     is_main = jax.process_index() == 0
     os.makedirs(workdir, exist_ok=True)
@@ -116,7 +120,8 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.checkpoint.max_to_keep)
-    writer = mx.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main)
+    writer = mx.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main,
+                              tensorboard_dir=tb_dir)
     train_iter = data.train_iterator()
     start_step = 0
     latest = ckpt.latest_step()
@@ -133,8 +138,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
             log.info("resumed %s from step %d", workdir, start_step)
         else:
             state = st.create_state(config.model, tx, t.seed, state_sh)
-            if is_main and os.path.exists(writer.path):
-                os.remove(writer.path)
+            writer.reset()
 
         if is_main:
             resolved = {"config": config.to_dict(), "fingerprint": fingerprint,
@@ -219,6 +223,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                     raise Preempted(workdir, step)
         finally:
             ckpt.wait()
+            writer.close()
             if bar is not None:
                 bar.close()
 

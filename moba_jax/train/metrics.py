@@ -1,9 +1,18 @@
-"""Metrics as JSON lines, plus MFU bookkeeping."""
+"""Metrics as JSON lines (and optionally TensorBoard event files), plus MFU bookkeeping.
+
+With ``train.tensorboard=True`` every record written to ``metrics.jsonl`` also goes to
+``RUN_DIR/tb/`` as one scalar per numeric field (tag = the JSON key, step = the record's
+``step``), through ``tensorboardX`` (``pip install -e ".[tensorboard]"``, imported only
+when the flag is on). TensorBoard stores scalars as float32. ``tensorboard
+--logdir=SWEEP_DIR`` then shows every run of a sweep side by side.
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import time
 
 import jax
 
@@ -39,16 +48,46 @@ def _clean(v):
     return v
 
 
-class MetricsWriter:
-    """Appends one JSON object per line to ``path`` (written by process 0 only)."""
+def tensorboard_available() -> bool:
+    """Whether ``tensorboardX`` (the writer behind ``train.tensorboard``) is installed."""
+    import importlib.util
+    return importlib.util.find_spec("tensorboardX") is not None
 
-    def __init__(self, path: str, enabled: bool = True):
+
+def _scalar(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class MetricsWriter:
+    """Appends one JSON object per line to ``path`` (written by process 0 only).
+
+    ``tensorboard_dir``: also write each record's numeric fields there as TensorBoard
+    scalars (``None``: JSON lines only).
+    """
+
+    def __init__(self, path: str, enabled: bool = True, tensorboard_dir: str | None = None):
         self.path = path
         self.enabled = enabled
+        self.tensorboard_dir = tensorboard_dir if enabled else None
+        self._tb = None
+        self._purge_step = None
+
+    def reset(self) -> None:
+        """Removes what an earlier, unfinished attempt of a fresh run logged."""
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            os.remove(self.path)
+        if self.tensorboard_dir and os.path.isdir(self.tensorboard_dir):
+            shutil.rmtree(self.tensorboard_dir)
 
     def truncate_after(self, step: int) -> None:
-        """Drops lines logged after ``step`` (a resumed run re-logs them)."""
-        if not self.enabled or not os.path.exists(self.path):
+        """Drops lines logged after ``step`` (a resumed run re-logs them); TensorBoard
+        is told to discard its events after ``step`` too (``purge_step``)."""
+        if not self.enabled:
+            return
+        self._purge_step = step + 1
+        if not os.path.exists(self.path):
             return
         with open(self.path) as f:
             keep = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
@@ -63,6 +102,26 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
             f.flush()
+        if self.tensorboard_dir:
+            tb = self._tensorboard()
+            for k, v in record.items():
+                if k != "step" and _scalar(v):
+                    tb.add_scalar(k, float(v), int(record["step"]))
+            tb.flush()
+
+    def _tensorboard(self):
+        if self._tb is None:
+            from tensorboardX import SummaryWriter
+            # Event files are named by the second they were opened in; the suffix keeps a
+            # resume within the same second from overwriting the earlier file (and sorts after it).
+            self._tb = SummaryWriter(self.tensorboard_dir, purge_step=self._purge_step,
+                                     filename_suffix=f".{time.time_ns():020d}")
+        return self._tb
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def read_metrics(path: str) -> list[dict]:
