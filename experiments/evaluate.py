@@ -6,8 +6,10 @@
         --config.bucket_size=128 --config.trailing=128
 
 Restores onto the current devices whatever mesh the run was trained on, and
-writes ``RUN/eval/step_XXXXXXXX.{json,png}``. Runs already evaluated with the
-same settings are skipped.
+writes ``RUN/eval/step_XXXXXXXX_lenL_bB_tT_<hash>.{json,png}``: one file per step and
+settings (length, bucket size, trailing size; the hash covers max_docs and the probes),
+so evaluations with different settings coexist. Runs already evaluated with the same
+settings are skipped. Prints one line per run, then one line per retrieval probe.
 """
 import os
 
@@ -35,7 +37,7 @@ config_flags.DEFINE_config_dict("config", _config(), "Evaluation settings (see "
 def main(argv):
     del argv
     common.setup_logging()
-    from moba_jax.evaluation import evaluate_run, find_runs
+    from moba_jax.evaluation import evaluate_run, find_runs, probe_lines
     with common.clean_exit():
         runs = find_runs(FLAGS.workdir)
         for i, run_dir in enumerate(runs):
@@ -47,6 +49,8 @@ def main(argv):
             print(f"[{i + 1}/{len(runs)}] {os.path.basename(run_dir)} step {res['step']}: "
                   f"overall {res['overall']['loss']:.4f} | {buckets} | trailing "
                   f"{'n/a' if trail is None else f'{trail:.4f}'} ({res['trailing']['sequences']} seqs)")
+            for line in probe_lines(res):
+                print(f"    {os.path.basename(run_dir)} {line}")
 
 
 if __name__ == "__main__":

@@ -16,10 +16,21 @@ that document, as in the MoBA paper's position-wise evaluation.
 ``L`` may exceed the training length (long-context extrapolation): rotary,
 NoPE, MoBA and KDA layers all take any length.
 
-Results go to ``RUN_DIR/eval/step_XXXXXXXX.json`` plus a loss-vs-position plot.
+Results go to ``RUN_DIR/eval/<key>.{json,png}`` (a loss-vs-position plot), one file per
+checkpoint *and settings*, so evaluations with different settings coexist::
+
+    step_00000050_len256_b32_t32_3f9c2a1b.json
+    step, evaluation length, bucket size, trailing size, then a short hash of the rest
+    of the settings that change the numbers (max_docs and the probes' lengths, depths,
+    pairs and trials; :func:`eval_settings`)
+
+The JSON holds those ``settings`` too; an evaluation is skipped when a file with the same
+key and settings exists. Files of the old scheme (``step_XXXXXXXX.json``) are still read
+by ``analysis.position`` under the settings they record.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,11 +70,61 @@ def default_eval_config() -> ml_collections.ConfigDict:
     ))
 
 
+def _floats(field: str, value: str) -> list[float]:
+    try:
+        return [float(x) for x in str(value).split(",") if x.strip()]
+    except ValueError:
+        raise EvalConfigError(f"eval.{field}={value!r}: give comma-separated numbers") from None
+
+
 def _ints(field: str, value: str) -> list[int]:
     try:
         return [int(float(x)) for x in str(value).split(",") if x.strip()]
     except ValueError:
         raise EvalConfigError(f"eval.{field}={value!r}: give comma-separated numbers") from None
+
+
+def eval_settings(e, seq_len: int, bucket: int, trailing: int) -> dict:
+    """The settings that change an evaluation's numbers (``batch_size`` does not).
+
+    A probe's depths, pairs and trials are recorded only when that probe runs.
+    """
+    probes = {}
+    if str(e.needle_lengths).strip():
+        probes["needle"] = {"lengths": _ints("needle_lengths", e.needle_lengths),
+                            "depths": _floats("needle_depths", e.needle_depths),
+                            "trials": int(e.probe_trials)}
+    if str(e.mqar_lengths).strip():
+        probes["mqar"] = {"lengths": _ints("mqar_lengths", e.mqar_lengths),
+                          "pairs": _ints("mqar_pairs", e.mqar_pairs), "trials": int(e.probe_trials)}
+    return {"seq_len": seq_len, "bucket_size": bucket, "trailing_size": trailing,
+            "max_docs": int(e.max_docs), "probes": probes}
+
+
+def settings_key(step: int, settings: dict) -> str:
+    """File stem of an evaluation: ``step_00000050_len256_b32_t32_<hash of the rest>``."""
+    rest = {k: v for k, v in settings.items() if k not in ("seq_len", "bucket_size", "trailing_size")}
+    digest = hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:8]
+    return (f"step_{step:08d}_len{settings['seq_len']}_b{settings['bucket_size']}"
+            f"_t{settings['trailing_size']}_{digest}")
+
+
+def probe_lines(result: dict) -> list[str]:
+    """One line per probe of an evaluation result: accuracy per context length (and pairs)."""
+    r = result.get("retrieval") or {}
+    lines = []
+    if "needle" in r:
+        n = r["needle"]
+        cells = [f"len {L}: {np.mean(acc):.3f} (digits {np.mean(dig):.3f})"
+                 for L, acc, dig in zip(n["lengths"], n["accuracy"], n["digit_accuracy"])]
+        lines.append(f"needle ({len(n['depths'])} depths, {n['trials']} trials, chance "
+                     f"{n['digit_chance']:g}/digit): " + " | ".join(cells))
+    if "mqar" in r:
+        m = r["mqar"]
+        cells = [f"len {L} x{p}: {acc[j]:.3f}" for L, acc in zip(m["lengths"], m["accuracy"])
+                 for j, p in enumerate(m["pairs"])]
+        lines.append(f"mqar ({m['trials']} trials, chance {m['chance']:g}): " + " | ".join(cells))
+    return lines
 
 
 def document_sequences(val_rows: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,13 +217,17 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     if int(e.batch_size) % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise EvalConfigError(f"eval.batch_size={e.batch_size} must be divisible by the mesh's "
                               f"data*fsdp={mesh.shape['data'] * mesh.shape['fsdp']}")
+    settings = eval_settings(e, seq_len, bucket, trailing)
     run = load_run(run_dir, step=step, mesh=mesh)
-    out_path = os.path.join(run_dir, "eval", f"step_{run.step:08d}.json")
+    key = settings_key(run.step, settings)
+    out_path = os.path.join(run_dir, "eval", key + ".json")
     if os.path.exists(out_path) and not overwrite:
-        with open(out_path) as f:
-            old = json.load(f)
-        if old.get("seq_len") == seq_len and old.get("bucket_size") == bucket and \
-                old.get("trailing_size", old["trailing"]["last"]) == trailing:
+        try:
+            with open(out_path) as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if isinstance(old, dict) and old.get("settings") == settings:
             return old
 
     data = build_datasets(config.data, seq_len=int(config.train.seq_len),
@@ -185,7 +250,8 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     retrieval = run_probes(spec, run.params, data.val_rows, e, mesh, run.rules)
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "step": run.step,
               "seq_len": seq_len, "train_seq_len": int(config.train.seq_len),
-              "bucket_size": bucket, "trailing_size": trailing, "documents": int(len(rows)),
+              "bucket_size": bucket, "trailing_size": trailing, "max_docs": int(e.max_docs),
+              "settings": settings, "key": key, "documents": int(len(rows)),
               "tokens": int(run.meta.get("tokens", 0)),
               **{k: run.meta[k] for k in run.meta if k.startswith("flops_")},
               **bucketize(total, count, lengths, bucket, trailing, trailing_loss),
@@ -209,7 +275,7 @@ def run_probes(spec, params, val_rows, e, mesh, rules=shd.DEFAULT_RULES) -> dict
         fn = jax.jit(lambda t: spec.apply(params, t))
         try:
             if str(e.needle_lengths).strip():
-                depths = [float(x) for x in str(e.needle_depths).split(",") if x.strip()]
+                depths = _floats("needle_depths", e.needle_depths)
                 out["needle"] = probes.needle_probe(fn, filler, _ints("needle_lengths", e.needle_lengths),
                                                     depths, int(e.probe_trials))
             if str(e.mqar_lengths).strip():
@@ -236,7 +302,8 @@ def plot_position_loss(result: dict, path: str) -> None:
         ax.axvline(result["train_seq_len"], color="k", ls=":", lw=1, label="training length")
     ax.set_xlabel("position in document")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(f"{result['run']} @ step {result['step']}")
+    ax.set_title(f"{result['run']} @ step {result['step']}: length {result['seq_len']}, "
+                 f"{result['bucket_size']}-wide buckets, trailing {result['trailing_size']}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

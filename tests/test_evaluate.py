@@ -31,15 +31,20 @@ def evaluate(workdir, *extra, devices=1, check=True):
                    devices=devices, check=check)
 
 
+def latest_file(workdir):
+    """The evaluation JSON written last (files of several settings coexist)."""
+    d = os.path.join(workdir, "eval")
+    return max((os.path.join(d, f) for f in os.listdir(d) if f.endswith(".json")), key=os.path.getmtime)
+
+
 def result(workdir):
-    files = sorted(os.listdir(os.path.join(workdir, "eval")))
-    return json.load(open(os.path.join(workdir, "eval", [f for f in files if f.endswith(".json")][-1])))
+    return json.load(open(latest_file(workdir)))
 
 
 def test_buckets_average_back_to_overall_and_restore_on_other_meshes(run_4dev, tmp_path):
     evaluate(run_4dev, "--overwrite", devices=1)
     r1 = result(run_4dev)
-    assert os.path.exists(os.path.join(run_4dev, "eval", f"step_{r1['step']:08d}.png"))
+    assert os.path.exists(os.path.join(run_4dev, "eval", f"{r1['key']}.png"))
     buckets = [b for b in r1["buckets"] if b["tokens"]]
     weighted = sum(b["loss"] * b["tokens"] for b in buckets) / sum(b["tokens"] for b in buckets)
     assert weighted == pytest.approx(r1["overall"]["loss"], rel=1e-9)
@@ -58,9 +63,9 @@ def test_buckets_average_back_to_overall_and_restore_on_other_meshes(run_4dev, t
 
 def test_evaluation_is_skipped_when_done(run_4dev):
     evaluate(run_4dev)
-    before = os.path.getmtime(os.path.join(run_4dev, "eval", f"step_{result(run_4dev)['step']:08d}.json"))
+    before = os.path.getmtime(os.path.join(run_4dev, "eval", f"{result(run_4dev)['key']}.json"))
     proc = evaluate(run_4dev)
-    after = os.path.getmtime(os.path.join(run_4dev, "eval", f"step_{result(run_4dev)['step']:08d}.json"))
+    after = os.path.getmtime(os.path.join(run_4dev, "eval", f"{result(run_4dev)['key']}.json"))
     assert before == after and "overall" in proc.stdout
 
 
@@ -116,11 +121,34 @@ def test_probes_separate_a_copying_model_from_a_random_one():
 
 
 def test_probes_in_evaluation_results(run_4dev):
-    evaluate(run_4dev, "--overwrite", "--config.needle_lengths=96", "--config.mqar_lengths=96",
-             "--config.mqar_pairs=4", "--config.probe_trials=2")
+    proc = evaluate(run_4dev, "--overwrite", "--config.needle_lengths=96", "--config.mqar_lengths=96",
+                    "--config.mqar_pairs=4", "--config.probe_trials=2")
     r = result(run_4dev)
+    # Probe scores: one line per probe per run on stdout.
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 3 and "needle (5 depths, 2 trials" in lines[1] and "len 96:" in lines[1]
+    assert "mqar (2 trials" in lines[2] and "len 96 x4:" in lines[2]
     assert len(r["retrieval"]["needle"]["accuracy"]) == 1
     assert len(r["retrieval"]["mqar"]["accuracy"][0]) == 1
+    # The probes are part of the settings: their file sits beside the plain evaluation's.
+    assert r["settings"]["probes"]["needle"] == {"lengths": [96], "depths": [0, 0.25, 0.5, 0.75, 1],
+                                                 "trials": 2}
+    assert os.path.basename(latest_file(run_4dev)) == f"{r['key']}.json"
+    assert r["key"].startswith(f"step_{r['step']:08d}_len96_b32_t16_")
+
+
+def test_settings_coexist_and_probe_scores_are_printed(run_4dev):
+    plain = evaluate(run_4dev)
+    r_plain = result(run_4dev)
+    coarse = evaluate(run_4dev, "--config.bucket_size=48")
+    r_coarse = result(run_4dev)
+    assert r_coarse["key"] != r_plain["key"] and "_len96_b48_t16_" in r_coarse["key"]
+    assert [b["label"] for b in r_coarse["buckets"]] == ["0-48", "48-96"]
+    files = os.listdir(os.path.join(run_4dev, "eval"))
+    assert {f"{r_plain['key']}.json", f"{r_coarse['key']}.json"} <= set(files)
+    # The plain setting is still there and still skipped: the same numbers come back.
+    again = evaluate(run_4dev)
+    assert again.stdout == plain.stdout and "overall" in coarse.stdout
 
 
 def _assert_error(proc, *needles):

@@ -13,6 +13,7 @@ from analysis.report.loss_vs_compute import add_loss_vs_compute
 from analysis.report.multiplier import add_multiplier, choose_pairs, default_budgets
 from analysis.report.parametric import add_parametric
 from analysis.report.position_wise import add_position_wise
+from analysis.report.probes import add_probes
 from analysis.report.render import to_html, to_markdown
 from analysis.report.summary import add_summary
 from analysis.results import AnalysisError, AnalysisWarning, check_convention, load_sweep
@@ -74,6 +75,7 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
         laws, _ = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
         add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws, budgets, echo)
         add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+        add_probes(blocks, sweep)
         add_parametric(blocks, sweep, bootstrap, echo)
     notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
     for note in notes:

@@ -10,14 +10,21 @@ def add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, ec
     """Appends the position-wise section (a note when the runs were not evaluated per bucket)."""
     blocks.append(Heading(2, "Position-wise laws"))
     pos = position.load_position_evals(sweep, convention)
+    skipped = [f"{run}: {why}" for run, why in pos.skipped.items()]
     if not pos.bucket_data:
         blocks.append(Para("No position-wise evaluations found (`RUN/eval/step_*.json`, written by "
                            "`experiments.evaluate`); evaluate the runs' final checkpoints to get "
                            "one law per position bucket (MoBA Table 3)."))
+        if skipped:
+            blocks += [Para("Skipped runs:"), Bullets(tuple(skipped))]
         return
     data, dropped = position.fittable(pos.bucket_data)
-    blocks.append(Para(f"Latest evaluation of {len(pos.steps)} run(s); one point per run at its "
-                       f"compute ({CONVENTION_NAMES[convention]} FLOPs); `L = a C^b` per bucket and arm."))
+    blocks.append(Para(f"Latest evaluation of {len(pos.steps)} run(s) at one setting, the one "
+                       f"evaluated by the most runs: {pos.setting.describe()}. One point per run at "
+                       f"its compute ({CONVENTION_NAMES[convention]} FLOPs); `L = a C^b` per bucket "
+                       "and arm."))
+    if skipped:
+        blocks += [Para("Skipped runs:"), Bullets(tuple(skipped))]
     if dropped:
         blocks += [Para("Not fitted:"), Bullets(tuple(dropped))]
     if not data:
@@ -28,7 +35,7 @@ def add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, ec
                                    labels=sweep.arm_display, colours=sweep.arm_colour)
     figures.append(res.paths[0])
     blocks.append(Image(res.paths[0], "Loss per position bucket vs compute, one panel per bucket; "
-                                      "dashed: fitted power laws."))
+                                      f"dashed: fitted power laws. Setting: {pos.setting.describe()}."))
     rows = []
     for label, per_arm in res.fits.items():
         for arm, law in per_arm.items():
