@@ -6,6 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+from analysis.results import AnalysisWarning
+
 from moba_jax import probes
 from moba_jax.data import build_datasets, default_data_config
 from moba_jax.decoding import incremental_logits
@@ -199,3 +201,48 @@ def test_sweep_mode_evaluates_every_run_and_feeds_position_wise_figure(tiny_swee
                     "--config.bucket_size=32", "--config.max_docs=16", "--config.batch_size=4",
                     check=True)
     assert again.stdout.count("overall") == len(sweep.runs)
+
+
+def test_figure_uses_one_setting_and_report_tables_probe_scores(tmp_path):
+    """Old-style files (every run) and a second, keyed setting (5 of 6 runs, with probes)."""
+    from analysis import position, results
+    from analysis.report.position_wise import add_position_wise
+    from analysis.report.probes import add_probes
+    from analysis.report.blocks import Image, Para, Table
+    from tests.test_report import write_sweep
+    root = write_sweep(tmp_path / "sweep", {"full": 3, "moba": 3}, evals=True)
+    sweep = results.load_sweep(root)
+    for run in sweep.runs[:5]:
+        old = json.loads((root / run.run / "eval" / "step_00000050.json").read_text())
+        new = {**old, "seq_len": 4096, "bucket_size": 1024, "trailing_size": 1024, "max_docs": 0,
+               "buckets": old["buckets"][:2],
+               "retrieval": {"needle": {"lengths": [512], "depths": [0.0, 1.0], "accuracy": [[0.5, 1.0]],
+                                        "trials": 4},
+                             "mqar": {"lengths": [512], "pairs": [4, 16], "accuracy": [[0.25, 0.125]],
+                                      "trials": 4}}}
+        (root / run.run / "eval" / "step_00000050_len4096_b1024_t1024_0123abcd.json").write_text(json.dumps(new))
+    # Default: the setting of the most runs (the old files: all 6), at each run's latest step.
+    pos = position.load_position_evals(sweep, "exact")
+    assert pos.setting == position.EvalSetting(8192, 2048, 2048, None)
+    assert set(pos.steps.values()) == {100} and not pos.skipped
+    # Forced to the keyed setting: one point per run at step 50; the sixth run is skipped.
+    s1 = position.EvalSetting(4096, 1024, 1024, 0)
+    with pytest.warns(AnalysisWarning, match="not evaluated at len4096/b1024/t1024/docs=all"):
+        pos1 = position.load_position_evals(sweep, "exact", setting=s1)
+    assert set(pos1.steps.values()) == {50} and list(pos1.skipped) == [sweep.runs[5].run]
+    assert list(pos1.bucket_data) == ["0k-2k", "2k-4k", "trailing"]
+    # Most runs wins; a tie goes to the longer evaluation length.
+    assert position.choose_setting({"a": {s1}, "b": {s1, pos.setting}}) == s1
+    assert position.choose_setting({"a": {s1}, "b": {pos.setting}}) == pos.setting
+    blocks = []
+    add_position_wise(blocks, [], sweep, tmp_path, "exact", 0, lambda s: None)
+    text = " ".join(b.text for b in blocks if isinstance(b, Para))
+    assert "evaluation length 8192, 2048-token buckets, trailing 2048, documents not recorded" in text
+    assert any("evaluation length 8192" in b.caption for b in blocks if isinstance(b, Image))
+    blocks = []
+    add_probes(blocks, sweep)
+    tables = [b for b in blocks if isinstance(b, Table)]
+    assert len(tables) == 2 and tables[0].headers == ("run", "step", "trials", "mqar L=512 x4",
+                                                      "mqar L=512 x16", "needle L=512")
+    assert tables[0].rows[0][1:] == ("50", "4", "0.25", "0.125", "0.75")
+    assert len(tables[1].rows) == 2          # the sixth run (moba) has no probe scores

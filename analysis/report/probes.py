@@ -30,6 +30,12 @@ def probe_cells(retrieval: dict) -> dict[str, float]:
     return cells
 
 
+def _column_order(column: str) -> tuple:
+    """``"mqar L=512 x16"`` -> ``("mqar", 512, 16)``: probe, then length, then pairs."""
+    parts = column.split()
+    return parts[0], int(parts[1][2:]), int(parts[2][1:]) if len(parts) > 2 else 0
+
+
 def load_probe_scores(sweep) -> dict[str, list[tuple[str, int, dict[str, float], str]]]:
     """``{arm: [(run, step, cells, trials), ...]}``: each run's latest evaluation with probes."""
     out: dict[str, list] = {}
@@ -66,7 +72,7 @@ def add_probes(blocks, sweep) -> None:
             continue
         rows = scores[arm]
         cols = sorted({c for _, _, cells, _ in rows for c in cells},
-                      key=lambda c: (c.split()[0], int(c.split()[1][2:]), c))
+                      key=_column_order)
         blocks.append(Para(f"**{sweep.arm_display.get(arm, arm)}**"))
         blocks.append(Table(("run", "step", "trials", *cols),
                             tuple((run, str(step), trials, *(fmt(cells.get(c)) for c in cols))
