@@ -2,8 +2,10 @@
 
 Exit codes: 0 done; 2 a user error (bad config, mesh, data, checkpoint, sweep
 directory, or a cluster that cannot be formed), the one-line message says what
-to fix; 3 training diverged; 75 preempted (SIGTERM): a checkpoint was saved and
-relaunching the same command resumes (75 is ``EX_TEMPFAIL``, "try again").
+to fix; 3 training diverged; 75 preempted (SIGTERM) or 130 interrupted (Ctrl-C,
+SIGINT): a checkpoint was saved and relaunching the same command resumes (75 is
+``EX_TEMPFAIL``, "try again"; 130 the shell's 128 + SIGINT). A second Ctrl-C
+exits at once with 130, without that checkpoint.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import sys
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75
+EXIT_INTERRUPTED = 130
 
 
 def user_errors() -> tuple[type, ...]:
@@ -73,8 +76,9 @@ def clean_exit():
     try:
         yield
     except Preempted as e:
+        from moba_jax import distributed
         print(str(e), file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        sys.exit(distributed.EXIT_FOR_SIGNAL.get(distributed.stop_signal(), EXIT_PREEMPTED))
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)

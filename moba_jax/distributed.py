@@ -21,10 +21,10 @@ detect, e.g. a TPU pod whose metadata server, not its environment, describes
 it); ``mode="off"`` never does. On CPU the cross-process collectives use gloo
 (JAX's default ``jax_cpu_collectives_implementation``); nothing else to set.
 
-Preemption: :func:`preemption_requested` turns SIGTERM into a flag that the
-training loop polls at each step boundary. With several processes, JAX's
-preemption sync manager (started by ``jax.distributed.initialize``) catches the
-signal and picks one step at which *every* process sees the request, so the
+Preemption: :func:`preemption_requested` turns SIGTERM (and a first Ctrl-C,
+SIGINT; :func:`stop_signal` says which) into a flag that the training loop
+polls at each step boundary. With several processes, JAX's preemption sync
+manager (started by ``jax.distributed.initialize``) catches the signal and picks one step at which *every* process sees the request, so the
 checkpoint they then write together is consistent.
 """
 from __future__ import annotations
@@ -214,22 +214,38 @@ def broadcast_from_main(value: int) -> int:
 
 # --- preemption ---------------------------------------------------------------
 
-_sigterm = threading.Event()
+_sigterm = threading.Event()   # set by SIGTERM or a first SIGINT
+_signal: list[int] = []        # which of them arrived first
 _installed = False
 
+# Exit statuses of a process stopped by a signal after checkpointing: 75
+# (EX_TEMPFAIL, "try again") for SIGTERM, 130 (the shell's 128 + SIGINT) for Ctrl-C.
+EXIT_FOR_SIGNAL = {signal.SIGTERM: 75, signal.SIGINT: 130}
 
-def _on_sigterm(signum, frame):
-    del signum, frame
+
+def _on_signal(signum, frame):
+    del frame
+    if signum == signal.SIGINT and _sigterm.is_set():
+        # A second Ctrl-C: the user does not want to wait for the step boundary.
+        os.write(2, b"second Ctrl-C: exiting now, without a checkpoint of the current step\n")
+        os._exit(EXIT_FOR_SIGNAL[signal.SIGINT])
     if not _sigterm.is_set():
-        log.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
+        _signal.append(signum)
+        if signum == signal.SIGINT:
+            os.write(2, b"Ctrl-C: checkpointing at the next step boundary, then exiting "
+                        b"(press Ctrl-C again to exit at once, without it)\n")
+        else:
+            log.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
     _sigterm.set()
 
 
 def install_preemption_handler() -> None:
-    """Turns SIGTERM into a flag (idempotent; main thread only; single-process jobs).
+    """Turns SIGTERM and SIGINT into a flag (idempotent; main thread only).
 
-    With several processes JAX's preemption sync manager owns SIGTERM, so no
-    Python handler is installed (it would replace JAX's).
+    The first SIGINT (Ctrl-C) is handled like SIGTERM; a second one exits at once
+    with status 130. :func:`stop_signal` says which signal arrived. With several
+    processes JAX's preemption sync manager owns SIGTERM, so no Python handler is
+    installed (it would replace JAX's) and Ctrl-C keeps Python's default.
     """
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
@@ -237,8 +253,22 @@ def install_preemption_handler() -> None:
     if jax.distributed.is_initialized() and jax.process_count() > 1:
         _installed = True
         return
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     _installed = True
+
+
+def stop_signal() -> int | None:
+    """The signal (``signal.SIGTERM`` or ``signal.SIGINT``) that asked this process to
+    stop, or None; with several processes JAX's sync manager saw it, so SIGTERM."""
+    if _signal:
+        return _signal[0]
+    return signal.SIGTERM if jax.process_count() > 1 else None
+
+
+def stop_signal_name() -> str:
+    """``"SIGINT"`` or ``"SIGTERM"`` (the latter when no signal was recorded)."""
+    return signal.Signals(stop_signal() or signal.SIGTERM).name
 
 
 def preemption_requested(step: int | None = None) -> bool:
