@@ -1,9 +1,10 @@
 """The sweep directory's state, read from its files.
 
 ``sweep.json`` pins the sweep's config (:func:`check_sweep_dir`); each run is
-``done`` (``RUN_DIR/result.json``), ``running`` (a fresh claim in
-``claims/<run>.claim``, see :mod:`moba_jax.sweep.claims`), ``failed``
-(``RUN_DIR/failed.json``) or ``pending`` (:func:`run_states`);
+``done`` (``RUN_DIR/result.json``), ``running`` (a live claim in
+``claims/<run>.claim``, see :mod:`moba_jax.sweep.claims`), ``dead`` (claimed by
+a worker process on this host that no longer exists; the next worker takes it
+over at once), ``failed`` (``RUN_DIR/failed.json``) or ``pending`` (:func:`run_states`);
 ``RUN_DIR/attempts.jsonl`` records which worker trained a run from which step
 (:func:`record`). :func:`format_status` is the ``--status`` table.
 """
@@ -50,6 +51,20 @@ def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
             "exact --config and overrides of the workers already using it")
 
 
+def load_pinned_config(workdir: str):
+    """The sweep config pinned in ``WORKDIR/sweep.json`` (a ``ConfigDict``), or None
+    when the directory has no ``sweep.json``."""
+    import ml_collections
+    old = _read_json(os.path.join(workdir, "sweep.json"))
+    if old is None or "config" not in old:
+        return None
+    cfg = ml_collections.ConfigDict(old["config"])
+    if sweep_fingerprint(cfg) != old.get("fingerprint"):
+        raise SweepConfigError(f"{workdir}/sweep.json does not reproduce its fingerprint; "
+                               "pass the sweep's --config and overrides")
+    return cfg
+
+
 def claims_dir(workdir: str) -> str:
     return os.path.join(workdir, "claims")
 
@@ -69,15 +84,23 @@ def checkpoint_step(run_dir: str) -> int:
     return max(steps, default=0)
 
 
-def last_logged_step(run_dir: str) -> int:
-    """The step of the last line of ``RUN_DIR/metrics.jsonl`` (0 when there is none)."""
+def last_logged(run_dir: str) -> dict | None:
+    """The last line of ``RUN_DIR/metrics.jsonl`` (None when there is none or it is partial)."""
     try:
         with open(os.path.join(run_dir, "metrics.jsonl"), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(f.tell() - 4096, 0))
             lines = [l for l in f.read().decode(errors="ignore").splitlines() if l.strip()]
-        return int(json.loads(lines[-1])["step"]) if lines else 0
-    except (OSError, ValueError, KeyError):
+        return json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+
+
+def last_logged_step(run_dir: str) -> int:
+    """The step of the last line of ``RUN_DIR/metrics.jsonl`` (0 when there is none)."""
+    try:
+        return int((last_logged(run_dir) or {}).get("step", 0))
+    except (TypeError, ValueError):
         return 0
 
 
@@ -90,7 +113,9 @@ def record(run_dir: str, event: str, worker: str, **extra) -> None:
 
 
 def run_states(workdir: str, plans: list[RunPlan], claim_timeout_s: float) -> list[dict]:
-    """Each run's state: ``done``, ``running`` (fresh claim), ``failed`` or ``pending``."""
+    """Each run's state: ``done``, ``running`` (live claim), ``dead`` (its worker
+    process is gone), ``failed`` or ``pending`` (a claim from another host counts
+    as stale after ``claim_timeout_s`` without heartbeat)."""
     out = []
     for p in plans:
         run_dir = os.path.join(workdir, p.name)
@@ -101,17 +126,22 @@ def run_states(workdir: str, plans: list[RunPlan], claim_timeout_s: float) -> li
         if result is not None:
             val = result.get("final_val_loss")
             st.update(state="done", detail=f"val loss {val:.4f}" if val is not None else "")
-        elif claim is not None and not claims.is_stale(claim, claim_timeout_s):
+        elif claim is not None and claims.claim_state(claim, claim_timeout_s) == "live":
             st.update(state="running", detail=f"step {last_logged_step(run_dir)}/{p.steps} by "
                       f"{claim.get('owner')} (heartbeat {claim['age_s']:.0f}s ago)")
         elif failed is not None:
             st.update(state="failed", detail=str(failed.get("error", ""))[:200])
         else:
             parts = []
+            dead = claim is not None and claims.claim_state(claim, claim_timeout_s) == "dead"
+            if dead:
+                st["state"] = "dead"
+                parts.append(f"worker {claim.get('owner')} (pid {claim.get('pid')} on this host) "
+                             "is gone; the next worker takes the run over")
             ck = checkpoint_step(run_dir)
             if ck:
                 parts.append(f"resumes from step {ck}/{p.steps}")
-            if claim is not None:
+            if claim is not None and not dead:
                 parts.append(f"stale claim of {claim.get('owner')} "
                              f"({claim['age_s']:.0f}s without heartbeat)")
             st["detail"] = "; ".join(parts)
@@ -131,7 +161,7 @@ def format_status(workdir: str, plans: list[RunPlan], convention: str,
         lines.append(f"{p.name:<{w}}{s['state']:<9}{p.budget_flops:>14.3g}"
                      f"{units.to_pflops_days(p.budget_flops):>14.3g}  {s['detail']}".rstrip())
     parts = []
-    for k in ("done", "running", "failed", "pending"):
+    for k in ("done", "running", "dead", "failed", "pending"):
         sel = [s["plan"].budget_flops for s in states if s["state"] == k]
         parts.append(f"{len(sel)} {k} ({sum(sel):.3g} FLOPs)")
     lines.append(f"{len(states)} runs: " + ", ".join(parts))
