@@ -117,6 +117,8 @@ class FigureResult:
     multiplier: fitting.Multiplier | None = None
     multiplier_arms: tuple[str, str] | None = None
     labels: Mapping[str, str] | None = None
+    not_fitted: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    incomplete: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         """Plain-text lines: one per law (with intervals when bootstrapped) and multiplier."""
@@ -129,6 +131,10 @@ class FigureResult:
                 s += f"  (a {f.a_ci[0]:.4g}..{f.a_ci[1]:.4g}, b {f.b_ci[0]:.3g}..{f.b_ci[1]:.3g}, {f.ci:.0%})"
             return s
 
+        for arm, n in self.not_fitted.items():
+            lines.append(f"{name(arm)}: not fitted: {n} runs")
+        for arm, (k, n) in self.incomplete.items():
+            lines.append(f"{name(arm)}: incomplete: {k} of {n} planned runs finished")
         for key, val in self.fits.items():
             if isinstance(val, Mapping):
                 lines += [law_line(f"[{key}] {name(arm)}", f) for arm, f in val.items()]
@@ -146,11 +152,16 @@ class FigureResult:
 
 # ------------------------------------------------------------------- loss vs compute
 
+# The fewest runs whose lower envelope :func:`plot_loss_vs_compute` fits a law through:
+# one run's curve is its own training dynamics, not a scaling trend.
+MIN_ENVELOPE_RUNS = 2
+
 
 def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Sequence[str] | None = None,
                          fit_range: tuple[float | None, float | None] | None = None, bootstrap: int = 0,
                          extend: float = 2.0, title: str | None = None, labels: Mapping[str, str] | None = None,
-                         colours: Mapping[str, str] | None = None) -> FigureResult:
+                         colours: Mapping[str, str] | None = None,
+                         planned: Mapping[str, int] | None = None) -> FigureResult:
     """MoBA Figure-3-style chart: validation loss vs compute, log-log.
 
     Each run's validation curve is a solid line (one colour family per arm, lighter for
@@ -168,14 +179,18 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
             describes.
         bootstrap: resamples over runs for the laws' intervals (0: none).
         labels, colours: display names and colormap names overriding the sweep's.
+        planned: ``{arm: number of planned runs}``; an arm with fewer finished runs is
+            marked "incomplete" in the legend and in ``FigureResult.incomplete``.
 
     An arm whose envelope has fewer than 3 points gets no projection (a warning says
-    why) and is absent from ``FigureResult.fits``; its runs are still drawn.
+    why) and is absent from ``FigureResult.fits``; its runs are still drawn. So is an
+    arm with fewer than ``MIN_ENVELOPE_RUNS`` runs, listed in ``FigureResult.not_fitted``
+    (its summary line reads "not fitted: N runs").
     """
     arms = list(arms) if arms is not None else sweep.arms
     fig = Figure(figsize=(6.4, 4.8))
     ax = fig.add_subplot()
-    laws, envelopes = {}, {}
+    laws, envelopes, not_fitted, incomplete = {}, {}, {}, {}
     x_max = max(r.final_compute(convention) for arm in arms for r in sweep.by_arm(arm))
     handles = []
     labels, colours = _styles(sweep, labels, colours)
@@ -190,7 +205,15 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
         lo, hi = fit_range if fit_range is not None else (min(r.final_compute(convention) for r in runs), None)
         curves = {r.run: (r.compute(convention), r.val_loss) for r in runs}
         dark = cmap(0.95)
+        want = (planned or {}).get(arm, len(runs))
+        if len(runs) < want:
+            incomplete[arm] = (len(runs), want)
+        note = f"; incomplete: {len(runs)} of {want}" if arm in incomplete else ""
         try:
+            if len(runs) < MIN_ENVELOPE_RUNS:
+                not_fitted[arm] = len(runs)
+                raise AnalysisError(f"not fitted: {len(runs)} runs (a law needs at least "
+                                    f"{MIN_ENVELOPE_RUNS})")
             try:
                 env, law = fitting.fit_envelope(curves, lo, hi, bootstrap=bootstrap, seed=i)
             except AnalysisError:
@@ -210,7 +233,8 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
                            label=f"{display_name(arm, labels)} Projection: {_law_tex(law)}")
             handles.append(h)
         (hr,) = ax.plot([], [], "-", color=cmap(0.65), lw=1.2,
-                        label=f"{display_name(arm, labels)} runs ({len(runs)} sizes, light = small)")
+                        label=f"{display_name(arm, labels)} runs ({len(runs)} sizes, light = small"
+                              f"{note})")
         handles.append(hr)
     _log_axes(ax)
     ax.set_xlabel(units.axis_label(convention))
@@ -219,7 +243,8 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
         ax.set_title(title)
     ax.legend(handles=handles, fontsize=8, loc="upper right")
     paths = _save(fig, path)
-    return FigureResult(paths, laws, envelopes, labels=labels)
+    return FigureResult(paths, laws, envelopes, labels=labels, not_fitted=not_fitted,
+                        incomplete=incomplete)
 
 
 # ------------------------------------------------------------------------ Kimi style

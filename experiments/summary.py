@@ -3,21 +3,32 @@
 :func:`finish` takes the :class:`~moba_jax.sweep.worker.SweepOutcome` of
 :func:`moba_jax.sweep.run_sweep`. The worker that sees the sweep complete (no run
 running or pending) writes ``loss_vs_compute.png`` / ``.pdf`` and prints each arm's
-law fitted on the lower envelope (arms named by their ``arm_display``); a worker that
-leaves runs to others says how many; failed runs are listed either way. Only process
-0 prints or writes.
+law fitted on the lower envelope (arms named by their ``arm_display``), marking arms
+with fewer finished runs than planned as incomplete and fitting no law through too
+few runs ("not fitted: N runs"); a worker that leaves runs to others says how many;
+failed runs are listed either way, one line each with its cause. Only process 0
+prints or writes. :func:`finish` returns the worker's exit status.
 """
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import uuid
 
+EXIT_OK = 0
+EXIT_FAILED_RUNS = 3    # every run ended, some failed: fix, then --retry_failed
+EXIT_RUNS_LEFT = 4      # runs still owned by live workers (or pending): see --status
 
-def finish(outcome, workdir: str, convention: str, echo=print) -> None:
-    """Prints the end-of-sweep lines and, when the sweep is complete, draws its figure."""
+
+def finish(outcome, workdir: str, convention: str, echo=print) -> int:
+    """Prints the end-of-sweep lines and, when no run is left, draws the figure.
+
+    Returns 0 when every planned run finished, :data:`EXIT_FAILED_RUNS` when some
+    failed, else :data:`EXIT_RUNS_LEFT` when runs are still running or pending.
+    """
     if not outcome.main or outcome.dry_run:
-        return
+        return EXIT_OK
     if outcome.complete:
         if outcome.rows:
             summarize(workdir, outcome.rows, convention, echo)
@@ -28,19 +39,31 @@ def finish(outcome, workdir: str, convention: str, echo=print) -> None:
     failed = outcome.failed
     if failed:
         echo(f"{len(failed)} runs failed: " + "; ".join(
-            f"{s['plan'].name}: {s['detail']}" for s in failed)
+            f"{s['plan'].name}: {(s['detail'] or '?').splitlines()[0]}" for s in failed)
              + " (fix the cause, then relaunch with --retry_failed)")
+        return EXIT_FAILED_RUNS
+    return EXIT_RUNS_LEFT if outcome.unfinished else EXIT_OK
+
+
+def planned_runs(workdir: str) -> dict[str, int] | None:
+    """Runs planned per arm by the config pinned in ``sweep.json`` (None without one)."""
+    from moba_jax.sweep.plan import plan_sweep
+    from moba_jax.sweep.state import load_pinned_config
+    cfg = load_pinned_config(workdir)
+    return collections.Counter(p.arm for p in plan_sweep(cfg)) if cfg is not None else None
 
 
 def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> None:
-    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law."""
+    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law; arms with fewer
+    finished runs than planned are marked incomplete."""
     from analysis import plots, results
     sweep = results.load_sweep(workdir)
+    planned = planned_runs(workdir)
     out = os.path.join(workdir, "loss_vs_compute.png")
     tmp_dir = os.path.join(workdir, f".figure.{uuid.uuid4().hex[:8]}")  # concurrent workers
     try:
         fig = plots.plot_loss_vs_compute(sweep, os.path.join(tmp_dir, "loss_vs_compute.png"),
-                                         convention=convention)
+                                         convention=convention, planned=planned)
         for ext in (".png", ".pdf"):
             src = os.path.join(tmp_dir, "loss_vs_compute" + ext)
             if os.path.exists(src):

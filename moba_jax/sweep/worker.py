@@ -14,13 +14,14 @@ import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 
 from moba_jax.sweep import claims
 from moba_jax.sweep.plan import format_plan, plan_sweep
 from moba_jax.sweep.results import collect_results, write_results
-from moba_jax.sweep.state import (check_sweep_dir, checkpoint_step, claims_dir, record,
-                                  run_states)
+from moba_jax.sweep.state import (check_sweep_dir, checkpoint_step, claims_dir, last_logged,
+                                  record, run_states)
 from moba_jax.train import metrics as mx
 
 log = logging.getLogger("moba_jax")
@@ -44,8 +45,14 @@ class SweepOutcome:
 
     @property
     def unfinished(self) -> list[str]:
-        """Runs still running (claimed by other workers) or pending."""
-        return [s["plan"].name for s in self.states if s["state"] in ("running", "pending")]
+        """Runs still running (claimed by other workers), pending or left by a dead worker."""
+        return [s["plan"].name for s in self.states
+                if s["state"] in ("running", "pending", "dead")]
+
+    @property
+    def running(self) -> list[str]:
+        """Runs still owned by live workers (other than this one)."""
+        return [s["plan"].name for s in self.states if s["state"] == "running"]
 
     @property
     def failed(self) -> list[dict]:
@@ -59,10 +66,36 @@ class SweepOutcome:
         return self.main and not self.dry_run and not self.unfinished
 
 
+class _Progress:
+    """Prints ``[i/N] run: step s/S, loss x`` every ``every_s`` seconds while a run
+    trains without its own progress bar (``train.progress=False``), read from the
+    run's ``metrics.jsonl`` in a daemon thread (the training loop is untouched)."""
+
+    def __init__(self, tag: str, run_dir: str, steps: int, every_s: float, say):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"progress:{tag}",
+                                        args=(tag, run_dir, steps, every_s, say))
+        self._thread.start()
+
+    def _loop(self, tag, run_dir, steps, every_s, say) -> None:
+        seen = None
+        while not self._stop.wait(every_s):
+            rec = last_logged(run_dir) or {}
+            step, loss = rec.get("step"), rec.get("train_loss")
+            if step is None or step == seen:
+                continue
+            seen = step
+            say(f"{tag}: step {step}/{steps}" + (f", loss {loss:.4f}" if loss is not None else ""))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
               claim_timeout_s: float = 600.0, heartbeat_s: float = 30.0,
               worker_id: str | None = None, wait: bool = False,
-              retry_failed: bool = False) -> SweepOutcome:
+              retry_failed: bool = False, progress_every_s: float = 10.0) -> SweepOutcome:
     """Plans the sweep and trains unclaimed runs as one of possibly many workers.
 
     Any number of workers (each one process, or one group of processes joined
@@ -74,10 +107,13 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     results table. The returned :class:`SweepOutcome` says whether the sweep is
     complete; the caller then draws its figure (``experiments/summary.py``).
     With ``wait`` a worker that finds nothing to claim polls until the runs held
-    by others finish (taking over any whose worker died).
+    by others finish (taking over any whose worker died). Runs trained with
+    ``train.progress=False`` get a progress line every ``progress_every_s``
+    seconds (0: none).
 
-    On SIGTERM the current run checkpoints, its claim is released and
-    :class:`~moba_jax.train.loop.Preempted` is raised.
+    On SIGTERM or Ctrl-C (SIGINT) the current run checkpoints, its claim is
+    released and :class:`~moba_jax.train.loop.Preempted` is raised
+    (:func:`moba_jax.distributed.stop_signal` says which signal).
     """
     import jax
 
@@ -129,8 +165,8 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
 
     while True:
         if distributed.preemption_requested():
-            raise Preempted(workdir, -1, "SIGTERM: sweep worker stopped before its next run; "
-                            "relaunch it to continue the sweep")
+            raise Preempted(workdir, -1, f"{distributed.stop_signal_name()}: sweep worker "
+                            "stopped before its next run; relaunch it to continue the sweep")
         i, claim, busy = next_run() if main else (-1, None, False)
         i = distributed.broadcast_from_main(i)
         busy = bool(distributed.broadcast_from_main(int(busy)))
@@ -152,6 +188,9 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
                     os.remove(os.path.join(run_dir, "failed.json"))
             say(f"{tag}: {p.n_params_nonembed:,} non-embedding params, {p.tokens:,} tokens, "
                 f"{p.steps} steps" + (f", resuming from step {from_step}" if from_step else ""))
+            bar = None
+            if main and progress_every_s > 0 and not p.config.train.get("progress", True):
+                bar = _Progress(tag, run_dir, p.steps, progress_every_s, say)
             try:
                 res = train(p.config, run_dir)
             except Preempted as e:
@@ -169,6 +208,9 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
                     record(run_dir, "failed", worker, error=msg)
                 say(f"{tag}: FAILED ({msg}); moving on")
                 continue
+            finally:
+                if bar is not None:
+                    bar.stop()
             if main:
                 record(run_dir, "done", worker, step=res.steps)
                 write_results(workdir, collect_results(workdir, plans))
