@@ -1,0 +1,131 @@
+"""Failure paths of a sweep, each in a subprocess: exit codes, stderr, what is left on disk.
+
+SIGKILL (the dead worker's claim is taken over at once), Ctrl-C (checkpoint, exit 130;
+twice: exit at once), runs left to live workers (exit 4). Failed runs (exit 3, "not
+fitted: N runs") are in tests/test_sweep_workers.py. The uninterrupted reference is
+the session's finished tiny sweep (``tiny_sweep_dir``); each case here trains its one
+run, ``full_t1_6e08`` (~5 s).
+"""
+import json
+import os
+import signal
+import socket
+import time
+
+from moba_jax.sweep import claims
+from tests.helpers import popen, read_jsonl, run_cli, signal_when
+from tests.test_train import assert_same_losses, losses
+
+RUN = "full_t1_6e08"
+ONE_RUN = ["--config=configs/scaling.py:tiny", "--config.arms=full", "--config.sizes=t1",
+           "--config.budgets=6e8"]
+EXIT_RUNS_LEFT, EXIT_INTERRUPTED = 4, 130
+
+
+def claim_files(workdir):
+    return [f for f in os.listdir(workdir / "claims") if f.endswith(".claim")]
+
+
+def kill_after_checkpoint(proc, run_dir, sig=signal.SIGKILL, timeout=120):
+    """Sends ``sig`` once the run has a checkpoint and has logged a step past it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = run_dir / "checkpoints"
+        if ckpts.exists() and any(n.isdigit() for n in os.listdir(ckpts)) and \
+                (run_dir / "metrics.jsonl").exists() and \
+                any(r["step"] >= 12 for r in read_jsonl(run_dir / "metrics.jsonl")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    return proc.communicate(timeout=timeout)
+
+
+def test_sigkilled_sweep_is_finished_by_one_rerun_with_uninterrupted_losses(tmp_path, tiny_sweep_dir):
+    args = ["experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}"]
+    proc = popen(*args, "--worker_id=A")
+    kill_after_checkpoint(proc, tmp_path / RUN)
+    assert proc.returncode == -signal.SIGKILL, "the worker finished before it could be killed"
+    assert claim_files(tmp_path) == [f"{RUN}.claim"], "a SIGKILL leaves its claim behind"
+
+    # --status without --config (sweep.json pins it): the claim's process is gone.
+    status = run_cli("experiments.sweep", f"--workdir={tmp_path}", "--status", check=True)
+    line = status.stdout.split(RUN)[1].splitlines()[0]
+    assert line.split()[0] == "dead" and "worker A" in line and "resumes from step" in line, \
+        status.stdout
+
+    # One re-run of the same command, default 600 s claim timeout: taken over at once.
+    t0 = time.time()
+    again = run_cli(*args, "--worker_id=B", "--progress_every_s=0.3", check=True)
+    assert time.time() - t0 < 120
+    assert "taking over the claim of A (its process is gone)" in again.stderr
+    assert f"[1/1] {RUN}: step " in again.stdout, "no progress lines with train.progress=False"
+    starts = [e for e in read_jsonl(tmp_path / RUN / "attempts.jsonl") if e["event"] == "start"]
+    assert [e["worker"] for e in starts] == ["A", "B"] and starts[1]["from_step"] >= 10
+    assert not claim_files(tmp_path)
+    assert (tmp_path / RUN / "result.json").exists()
+    assert_same_losses(losses(tmp_path / RUN), losses(tiny_sweep_dir / RUN), rtol=1e-6)
+
+
+def test_ctrl_c_checkpoints_exits_130_and_resume_matches_uninterrupted(tmp_path, tiny_sweep_dir):
+    args = ["experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}"]
+    rc, _, err = signal_when(popen(*args), tmp_path / RUN / "metrics.jsonl", 4, sig=signal.SIGINT)
+    assert rc == EXIT_INTERRUPTED, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    after = err[err.index("Ctrl-C"):].strip().splitlines()
+    assert len(after) == 2 and "press Ctrl-C again" in after[0] and "preempted" in after[1], after
+    assert not claim_files(tmp_path), "an interrupted worker releases its claim"
+    assert not (tmp_path / RUN / "result.json").exists()
+    kept = max(int(n) for n in os.listdir(tmp_path / RUN / "checkpoints") if n.isdigit())
+    assert kept == read_jsonl(tmp_path / RUN / "metrics.jsonl")[-1]["step"] >= 4, \
+        "the checkpoint is at the step boundary after Ctrl-C"
+
+    run_cli(*args, check=True)
+    assert_same_losses(losses(tmp_path / RUN), losses(tiny_sweep_dir / RUN), rtol=1e-6)
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    proc = popen("experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}")
+    metrics = tmp_path / RUN / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not metrics.exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    t0 = time.time()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED and time.time() - t0 < 5, err[-3000:]
+    assert "Traceback" not in err
+    lines = err[err.index("Ctrl-C"):].strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("second Ctrl-C: exiting now"), lines
+    assert not (tmp_path / RUN / "result.json").exists()
+
+
+def test_runs_owned_by_a_live_worker_exit_4(tmp_path):
+    (tmp_path / "claims").mkdir()
+    me = claims.owner_identity()     # this test process: alive, on this host
+    (tmp_path / "claims" / f"{RUN}.claim").write_text(json.dumps({"owner": "T", **me}))
+    proc = run_cli("experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}", timeout=120)
+    assert proc.returncode == EXIT_RUNS_LEFT, proc.stderr[-3000:]
+    assert "1 runs still running or pending (full_t1_6e08)" in proc.stdout
+    assert not (tmp_path / RUN).exists(), "a run claimed by a live worker is left alone"
+    assert not (tmp_path / "loss_vs_compute.png").exists()
+
+
+def test_claim_states_and_the_readers_timeout(tmp_path):
+    me = claims.owner_identity()
+    fresh, old = {"age_s": 1.0}, {"age_s": 10.0}
+    assert claims.claim_state({**me, **old, "timeout_s": 600}, 5) == "live"   # alive: no timeout
+    reused = {**me, **fresh, "start_ticks": (me["start_ticks"] or 0) + 1}
+    assert claims.claim_state(reused, 600) == "dead"          # the PID now names a younger process
+    gone = {**me, **fresh, "pid": 2 ** 22 + 1}
+    assert claims.claim_state(gone, 600) == "dead"
+    other = {**me, "host": socket.gethostname() + "-other"}
+    # Another host: the reader's timeout applies, not the 600 s the owner recorded.
+    assert claims.claim_state({**other, **old, "timeout_s": 600}, 5) == "stale"
+    assert claims.claim_state({**other, **fresh, "timeout_s": 600}, 5) == "live"
+    proc = run_cli("experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}", "--claim_timeout_s=5",
+                   "--heartbeat_s=3", timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--claim_timeout_s=5 must exceed twice --heartbeat_s=3" in proc.stderr
+    assert not os.listdir(tmp_path)
