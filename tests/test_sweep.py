@@ -88,6 +88,11 @@ def test_arm_labels_from_the_registry_or_the_arm_def():
     assert {p.arm_colour for p in plan_sweep(cfg) if p.arm == "moba"} == {"Oranges"}
     assert {p.arm_display for p in plan_sweep(cfg) if p.arm == "moba"} == {"Block sparse"}
     assert sweep_fingerprint(cfg) == before      # labels change no run
+    cfg.base.train.tensorboard = True
+    assert sweep_fingerprint(cfg) == before      # nor does logging
+    lr, cfg.base.train.lr = cfg.base.train.lr, 1e-4
+    assert sweep_fingerprint(cfg) != before      # what a run computes does
+    cfg.base.train.lr = lr
     cfg.arm_defs.moba.display_name = " "
     with pytest.raises(SweepConfigError, match="arm_defs.moba.display_name"):
         plan_sweep(cfg)

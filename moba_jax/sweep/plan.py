@@ -29,6 +29,7 @@ from moba_jax import accounting, units
 from moba_jax.attention import describe
 from moba_jax.budget import RunConfigError, run_length
 from moba_jax.model import layer_kinds, validate_model_config
+from moba_jax.train.metrics import LOGGING_FIELDS
 
 # Keys of ``arm_defs.<arm>`` that label an arm without changing its runs.
 LABEL_KEYS = ("display_name", "colour")
@@ -142,12 +143,15 @@ def plan_sweep(cfg) -> list[RunPlan]:
 
 
 def sweep_fingerprint(cfg) -> str:
-    """Hash of the sweep config that ``sweep.json`` pins, less the arms' labels
-    (:data:`LABEL_KEYS`): renaming or recolouring an arm changes no run."""
+    """Hash of the sweep config that ``sweep.json`` pins, less what changes no run: the
+    arms' labels (:data:`LABEL_KEYS`) and the base's logging fields
+    (:data:`moba_jax.train.metrics.LOGGING_FIELDS`, e.g. ``train.tensorboard``)."""
     d = cfg.to_dict()
     for arm_def in d.get("arm_defs", {}).values():
         for k in LABEL_KEYS:
             arm_def.pop(k, None)
+    for k in LOGGING_FIELDS:
+        d.get("base", {}).get("train", {}).pop(k, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -59,7 +59,7 @@ def config_fingerprint(config) -> str:
     """Hash of everything that determines the run's trajectory (not its logging)."""
     keep = {k: config[k].to_dict() if hasattr(config[k], "to_dict") else config[k]
             for k in ("model", "data", "train") if k in config}
-    for k in ("log_every", "checkpoint_every", "progress", "peak_flops_per_device", "tensorboard"):
+    for k in mx.LOGGING_FIELDS:
         keep["train"].pop(k, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -16,6 +16,11 @@ import time
 
 import jax
 
+# Train-config fields that change how a run is logged, not what it computes: left out
+# of the run's fingerprint (so toggling them keeps a run resumable) and of the sweep's.
+LOGGING_FIELDS = ("log_every", "checkpoint_every", "progress", "peak_flops_per_device",
+                  "tensorboard")
+
 # Dense peak FLOP/s per device (bf16 matmul) by device_kind prefix. MFU is only
 # reported where the peak is known or given in ``train.peak_flops_per_device``.
 PEAK_FLOPS = {
