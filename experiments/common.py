@@ -71,12 +71,14 @@ def init_distributed() -> None:
 
 @contextlib.contextmanager
 def clean_exit():
-    """Turns known user errors into a one-line message and a non-zero exit."""
+    """Turns known user errors into a one-line message and a non-zero exit, and lets
+    Ctrl-C checkpoint and stop a run (exit 130) as SIGTERM does (exit 75)."""
+    from moba_jax import distributed
     from moba_jax.train.loop import Preempted, TrainingDivergedError
+    distributed.catch_sigint()
     try:
         yield
     except Preempted as e:
-        from moba_jax import distributed
         print(str(e), file=sys.stderr)
         sys.exit(distributed.EXIT_FOR_SIGNAL.get(distributed.stop_signal(), EXIT_PREEMPTED))
     except TrainingDivergedError as e:

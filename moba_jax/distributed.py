@@ -217,6 +217,7 @@ def broadcast_from_main(value: int) -> int:
 _sigterm = threading.Event()   # set by SIGTERM or a first SIGINT
 _signal: list[int] = []        # which of them arrived first
 _installed = False
+_catch_sigint = False          # set by the command-line entry points (catch_sigint)
 
 # Exit statuses of a process stopped by a signal after checkpointing: 75
 # (EX_TEMPFAIL, "try again") for SIGTERM, 130 (the shell's 128 + SIGINT) for Ctrl-C.
@@ -239,11 +240,19 @@ def _on_signal(signum, frame):
     _sigterm.set()
 
 
+def catch_sigint(enabled: bool = True) -> None:
+    """Lets :func:`install_preemption_handler` take Ctrl-C too (the command-line entry
+    points turn this on). Library callers, such as a notebook calling ``train``, keep
+    their own SIGINT handling: a notebook's interrupt still raises KeyboardInterrupt."""
+    global _catch_sigint
+    _catch_sigint = enabled
+
+
 def install_preemption_handler() -> None:
     """Turns SIGTERM and SIGINT into a flag (idempotent; main thread only).
 
-    The first SIGINT (Ctrl-C) is handled like SIGTERM; a second one exits at once
-    with status 130. :func:`stop_signal` says which signal arrived. With several
+    With :func:`catch_sigint` (the command-line entry points), the first SIGINT
+    (Ctrl-C) is handled like SIGTERM; a second one exits at once with status 130. :func:`stop_signal` says which signal arrived. With several
     processes JAX's preemption sync manager owns SIGTERM, so no Python handler is
     installed (it would replace JAX's) and Ctrl-C keeps Python's default.
     """
@@ -254,7 +263,8 @@ def install_preemption_handler() -> None:
         _installed = True
         return
     signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    if _catch_sigint:
+        signal.signal(signal.SIGINT, _on_signal)
     _installed = True
 
 
