@@ -76,8 +76,11 @@ def test_ctrl_c_checkpoints_exits_130_and_resume_matches_uninterrupted(tmp_path,
     assert not claim_files(tmp_path), "an interrupted worker releases its claim"
     assert not (tmp_path / RUN / "result.json").exists()
     kept = max(int(n) for n in os.listdir(tmp_path / RUN / "checkpoints") if n.isdigit())
-    assert kept == read_jsonl(tmp_path / RUN / "metrics.jsonl")[-1]["step"] >= 4, \
-        "the checkpoint is at the step boundary after Ctrl-C"
+    # The run logs every 2 steps (as the uninterrupted reference does), so the step
+    # boundary after Ctrl-C may be one that was not logged: no log lies beyond it.
+    last_logged = read_jsonl(tmp_path / RUN / "metrics.jsonl")[-1]["step"]
+    assert 4 <= last_logged <= kept <= last_logged + 1, \
+        f"checkpoint at step {kept}, last log at {last_logged}: not the step boundary after Ctrl-C"
 
     run_cli(*args, check=True)
     assert_same_losses(losses(tmp_path / RUN), losses(tiny_sweep_dir / RUN), rtol=1e-6)
@@ -129,3 +132,14 @@ def test_claim_states_and_the_readers_timeout(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "--claim_timeout_s=5 must exceed twice --heartbeat_s=3" in proc.stderr
     assert not os.listdir(tmp_path)
+
+
+def test_library_callers_keep_their_ctrl_c():
+    """Only the command-line entry points take over SIGINT: a notebook that calls
+    ``train`` keeps its own interrupt (KeyboardInterrupt), and SIGTERM is still caught."""
+    import signal
+
+    from moba_jax import distributed
+    distributed.install_preemption_handler()
+    assert signal.getsignal(signal.SIGINT) is not distributed._on_signal
+    assert signal.getsignal(signal.SIGTERM) is distributed._on_signal
