@@ -1,6 +1,8 @@
 """SIGTERM: checkpoint at the next step boundary, exit 75, resume on the same trajectory."""
 import os
 
+import pytest
+
 from tests.helpers import popen, read_jsonl, signal_when, tiny_overrides
 from tests.test_train import assert_same_losses, losses, train_cli
 
@@ -30,6 +32,9 @@ def test_sigterm_checkpoints_exits_75_and_resume_matches_uninterrupted(tmp_path)
     assert_same_losses(losses(term), losses(ref), rtol=1e-6)
 
 
+# slow (~19 s): tests/test_faults.py stops a sweep worker by Ctrl-C through the same
+# handler and checks the released claim and the resume.
+@pytest.mark.slow
 def test_sigterm_stops_sweep_worker_and_releases_its_claim(tmp_path):
     args = ["--config=configs/scaling.py:tiny", f"--workdir={tmp_path}", "--config.arms=full",
             "--heartbeat_s=0.5", "--claim_timeout_s=600"]

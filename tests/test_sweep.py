@@ -1,6 +1,7 @@
 """The tiny compute-matched sweep end to end: table, figure, restart skips."""
 import csv
 import os
+import shutil
 
 import pytest
 
@@ -11,11 +12,9 @@ from tests.helpers import read_jsonl, run_cli
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    wd = tmp_path_factory.mktemp("tiny_sweep")
-    proc = run_cli("experiments.sweep", "--config=configs/scaling.py:tiny", f"--workdir={wd}",
-                   check=True)
-    return wd, proc
+def tiny_sweep(tiny_sweep_run):
+    """The session's finished tiny sweep (conftest.py) and its stdout; read only."""
+    return tiny_sweep_run
 
 
 def test_tiny_sweep_writes_table_and_figure(tiny_sweep):
@@ -41,8 +40,9 @@ def test_tiny_sweep_writes_table_and_figure(tiny_sweep):
         assert os.path.exists(wd / r["run"] / "config.json")
 
 
-def test_restart_skips_finished_runs(tiny_sweep):
-    wd, _ = tiny_sweep
+def test_restart_skips_finished_runs(tiny_sweep, tmp_path):
+    wd = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep[0], wd)      # the shared sweep stays untouched
     proc = run_cli("experiments.sweep", "--config=configs/scaling.py:tiny", f"--workdir={wd}",
                    check=True)
     assert proc.stdout.count("finished, skipped") == len(plan_sweep(get_config("tiny")))

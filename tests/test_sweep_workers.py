@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from configs.scaling import get_config
 from moba_jax.sweep import check_sweep_dir, plan_sweep
 from tests.helpers import REPO, read_jsonl, run_cli
@@ -68,6 +70,9 @@ def test_two_workers_at_once_train_every_run_exactly_once(tmp_path):
     assert states == ["done"] * len(plans), status.stdout
 
 
+# slow (~30 s): tests/test_faults.py covers a SIGKILLed worker's dead claim being
+# taken over at once, with exact losses, in ~12 s.
+@pytest.mark.slow
 def test_killed_worker_run_is_taken_over_and_sweep_completes(tmp_path):
     plans = plan_sweep(get_config("tiny"))
     a = start_worker(tmp_path, "A", *FAST_CLAIMS)

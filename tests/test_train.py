@@ -79,6 +79,9 @@ def test_restore_on_other_mesh(four_device_run, devices, data, fsdp):
     np.testing.assert_allclose(out["val"], final["val_loss"], rtol=1e-5)
 
 
+# slow (~21 s): the same checkpoint-resume path is covered through the sweep by
+# tests/test_faults.py (SIGKILL, Ctrl-C) and by the SIGTERM test of test_preemption.py.
+@pytest.mark.slow
 def test_sigkill_resume_matches_uninterrupted(tmp_path):
     extra = ["--config.train.steps=300", "--config.train.checkpoint_every=20",
              "--config.train.log_every=1", "--config.eval.points=8"]

@@ -30,6 +30,8 @@ def test_bad_variant_names_the_choices():
         bench_attention.get_config("tpu")
 
 
+# slow (~40 s): the benchmark CLI end to end; the kernels it times are tested elsewhere.
+@pytest.mark.slow
 def test_tiny_benchmark_writes_results(tmp_path):
     cfg = bench_attention.get_config("smoke")
     cfg.seq_lens = (128, 256)
