@@ -70,12 +70,16 @@ def test_sweep_trains_and_draws_the_user_kind(swa_sweep):
     assert cfg["attention_kinds"]["swa"]["module"].endswith("sliding_window")
 
 
-def test_report_labels_the_user_kind(swa_sweep, tmp_path):
+def test_report_covers_the_user_kind(swa_sweep, tmp_path):
     wd, _ = swa_sweep
     run_cli("experiments.report", f"--workdir={wd}", f"--out={tmp_path}", "--bootstrap=20",
             check=True)
     md = (tmp_path / "report.md").read_text()
-    assert "Sliding Window" in md
+    assert "| swa_t2_2e09 | swa |" in md and (tmp_path / "figures" / "loss_vs_compute.png").exists()
+    # The report's figures label arms through the sweep's results rows.
+    from analysis import results
+    sweep = results.load_sweep(wd)
+    assert sweep.display_name("swa") == "Sliding Window" and sweep.colour_family("swa") == "Greens"
 
 
 def test_evaluate_and_generate_a_user_kind_run_in_a_fresh_process(swa_sweep, tmp_path):
