@@ -182,10 +182,9 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
         planned: ``{arm: number of planned runs}``; an arm with fewer finished runs is
             marked "incomplete" in the legend and in ``FigureResult.incomplete``.
 
-    An arm whose envelope has fewer than 3 points gets no projection (a warning says
-    why) and is absent from ``FigureResult.fits``; its runs are still drawn. So is an
-    arm with fewer than ``MIN_ENVELOPE_RUNS`` runs, listed in ``FigureResult.not_fitted``
-    (its summary line reads "not fitted: N runs").
+    An arm with fewer than 3 envelope points or ``MIN_ENVELOPE_RUNS`` runs (listed in
+    ``FigureResult.not_fitted``) gets no law in ``FigureResult.fits`` and no projection
+    (a warning says why); its runs are still drawn.
     """
     arms = list(arms) if arms is not None else sweep.arms
     fig = Figure(figsize=(6.4, 4.8))
