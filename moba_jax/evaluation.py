@@ -247,7 +247,7 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
             jax.jit(loss_fn), run.params, rows, lengths >= seq_len, int(e.batch_size), mesh,
             progress)
     trailing_loss = (float(t_tot[-trailing:].sum()), float(t_cnt[-trailing:].sum()))
-    retrieval = run_probes(spec, run.params, data.val_rows, e, mesh, run.rules)
+    retrieval = run_probes(spec, run.params, data.val_rows, settings["probes"], mesh, run.rules)
     result = {"run": os.path.basename(os.path.normpath(run_dir)), "step": run.step,
               "seq_len": seq_len, "train_seq_len": int(config.train.seq_len),
               "bucket_size": bucket, "trailing_size": trailing, "max_docs": int(e.max_docs),
@@ -265,8 +265,9 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     return result
 
 
-def run_probes(spec, params, val_rows, e, mesh, rules=shd.DEFAULT_RULES) -> dict:
-    """Needle and MQAR grids for the configured lengths (empty dict if none)."""
+def run_probes(spec, params, val_rows, probe_settings: dict, mesh, rules=shd.DEFAULT_RULES) -> dict:
+    """Needle and MQAR grids as ``eval_settings(...)["probes"]`` describes them (empty
+    dict if none), so the recorded settings are exactly what ran."""
     from moba_jax import probes
     filler = val_rows.reshape(-1)
     filler = filler[filler < 256].astype(np.int32)
@@ -274,13 +275,12 @@ def run_probes(spec, params, val_rows, e, mesh, rules=shd.DEFAULT_RULES) -> dict
     with shd.activation_sharding(mesh, rules):
         fn = jax.jit(lambda t: spec.apply(params, t))
         try:
-            if str(e.needle_lengths).strip():
-                depths = _floats("needle_depths", e.needle_depths)
-                out["needle"] = probes.needle_probe(fn, filler, _ints("needle_lengths", e.needle_lengths),
-                                                    depths, int(e.probe_trials))
-            if str(e.mqar_lengths).strip():
-                out["mqar"] = probes.mqar_probe(fn, filler, _ints("mqar_lengths", e.mqar_lengths),
-                                                _ints("mqar_pairs", e.mqar_pairs), int(e.probe_trials))
+            if "needle" in probe_settings:
+                n = probe_settings["needle"]
+                out["needle"] = probes.needle_probe(fn, filler, n["lengths"], n["depths"], n["trials"])
+            if "mqar" in probe_settings:
+                m = probe_settings["mqar"]
+                out["mqar"] = probes.mqar_probe(fn, filler, m["lengths"], m["pairs"], m["trials"])
         except ValueError as err:
             raise EvalConfigError(f"eval probes: {err}") from None
     return out
