@@ -22,7 +22,7 @@ Implementations (same inputs, same outputs, all differentiable):
 of the chunked forward is in ``cost.py``.
 
 Layout: ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, ``g: [B, T, H, K]`` (natural-log
-decay per key channel, ``<= 0``), ``beta: [B, T, H]`` in ``(0, 1)``, state
+decay per key channel, ``<= 0``), ``beta: [B, T, H]`` in ``[0, 1]``, state
 ``[B, H, K, V]`` float32. q and k must already be L2-normalised by the caller (the
 layer does it); this op does not normalise them.
 """
@@ -129,12 +129,16 @@ def _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation):
         if np.any(g_np > 0):
             raise ValueError(f"kda: g must be <= 0 (log of a decay in (0, 1]); max is "
                              f"{g_np.max():.4g}. Compute it as a negative quantity.")
+    # beta is a closed-interval quantity: sigmoid saturates to exactly 1.0 (above a
+    # logit of ~17 in float32, ~7 in bfloat16) and 0 writes nothing; both are valid.
     if _is_concrete(beta):
         b_np = np.asarray(jnp.asarray(beta, jnp.float32))
-        if not np.all((b_np > 0) & (b_np < 1)):
-            raise ValueError("kda: beta must lie strictly inside (0, 1) (e.g. sigmoid of a "
-                             f"logit); got values in [{np.nanmin(b_np):.4g}, "
-                             f"{np.nanmax(b_np):.4g}].")
+        if not np.all(np.isfinite(b_np)):
+            raise ValueError("kda: beta contains non-finite values; it must lie in [0, 1] "
+                             "(e.g. sigmoid of a finite logit).")
+        if np.any((b_np < 0) | (b_np > 1)):
+            raise ValueError(f"kda: beta must lie in [0, 1] (e.g. sigmoid of a logit); got "
+                             f"values in [{b_np.min():.4g}, {b_np.max():.4g}].")
 
 
 def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
@@ -145,7 +149,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
       q, k: ``[B, T, H, K]``, already L2-normalised by the caller (not normalised here).
       v: ``[B, T, H, V]``; q, k, v share one dtype (float32 or bfloat16).
       g: ``[B, T, H, K]`` natural-log decay per key channel, finite and ``<= 0``.
-      beta: ``[B, T, H]`` write strength in ``(0, 1)``.
+      beta: ``[B, T, H]`` write strength in ``[0, 1]`` (0 writes nothing, 1 replaces
+        the value stored under k; sigmoid saturates to exactly 1.0 in float32/bfloat16).
       scale: multiplies q; defaults to ``K ** -0.5``.
       initial_state: optional float32 ``[B, H, K, V]``.
       output_final_state: also return the float32 state after the last token.
@@ -163,8 +168,8 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
 
     Raises:
       ValueError on bad shapes/dtypes/implementation. Value checks (g finite and <= 0,
-      beta in (0, 1)) run only on concrete arrays: under ``jit``/``grad`` tracing the
-      values are unknown and those checks are skipped.
+      beta finite and in [0, 1]) run only on concrete arrays: under ``jit``/``grad``
+      tracing the values are unknown and those checks are skipped.
     """
     _check_inputs(q, k, v, g, beta, initial_state, chunk_size, implementation)
     K = q.shape[-1]

@@ -174,8 +174,9 @@ def _good():
     (lambda a: a.update(g=a["g"].at[0, 0, 0, 0].set(0.5)), "g must be <= 0"),
     (lambda a: a.update(g=a["g"].at[0, 3, 1, 2].set(jnp.nan)), "g contains non-finite"),
     (lambda a: a.update(g=a["g"].at[0, 3, 1, 2].set(-jnp.inf)), "g contains non-finite"),
-    (lambda a: a.update(beta=a["beta"].at[0, 0, 0].set(1.0)), "beta must lie strictly"),
-    (lambda a: a.update(beta=a["beta"].at[0, 0, 0].set(0.0)), "beta must lie strictly"),
+    (lambda a: a.update(beta=a["beta"].at[0, 0, 0].set(1.001)), r"beta must lie in \[0, 1\]"),
+    (lambda a: a.update(beta=a["beta"].at[0, 0, 0].set(-0.5)), r"beta must lie in \[0, 1\]"),
+    (lambda a: a.update(beta=a["beta"].at[0, 1, 1].set(jnp.nan)), "beta contains non-finite"),
     (lambda a: a.update(k=a["k"][:, :8]), "k shape"),
     (lambda a: a.update(g=a["g"][..., :8]), "g shape"),
     (lambda a: a.update(v=a["v"][:, :8]), "v shape"),
@@ -192,6 +193,19 @@ def test_bad_input_messages(change, match):
   change(a)
   with pytest.raises(ValueError, match=match):
     kda(**a, implementation="xla")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_saturated_beta_accepted_eagerly(dtype):
+  """beta exactly 0 or 1 is valid (sigmoid saturates to 1.0 in float32 and bfloat16):
+  the eager call accepts it and agrees with the jitted call, which never checked it."""
+  a = {n: x.astype(dtype) if n != "initial_state" else x for n, x in _good().items()}
+  assert jax.nn.sigmoid(jnp.asarray(20.0, dtype)) == 1.0  # what real models feed in
+  a["beta"] = a["beta"].at[0, :4].set(1.0).at[0, 4:8].set(0.0)
+  o, s = kda(**a, output_final_state=True)
+  o_jit, s_jit = jax.jit(lambda **kw: kda(**kw, output_final_state=True))(**a)
+  assert np.all(np.isfinite(np.asarray(o, np.float32)))
+  assert rel_rms(o, o_jit) < 1e-5 and rel_rms(s, s_jit) < 1e-5
 
 
 def test_bad_implementation_and_chunk():
