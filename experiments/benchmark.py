@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments import common
 from kernels import bench
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,4 +28,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

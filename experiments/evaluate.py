@@ -13,7 +13,7 @@ settings are skipped. Prints one line per run, then one line per retrieval probe
 """
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -38,7 +38,9 @@ def main(argv):
     del argv
     common.setup_logging()
     from moba_jax.evaluation import evaluate_run, find_runs, probe_lines
+    from moba_jax.validation import check_eval_request
     with common.clean_exit():
+        check_eval_request(FLAGS.config)
         runs = find_runs(FLAGS.workdir)
         for i, run_dir in enumerate(runs):
             res = evaluate_run(run_dir, FLAGS.step, FLAGS.config, progress=True,
@@ -54,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

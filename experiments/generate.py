@@ -6,7 +6,7 @@
 Full and MoBA layers keep a key/value cache (MoBA applies its block selection
 against it), MLA its compressed latent cache, KDA its recurrent state.
 """
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -28,7 +28,12 @@ def main(argv):
     from moba_jax.data import BOS_ID, EOS_ID, ByteTokenizer
     from moba_jax.decoding import generate
     from moba_jax.train.restore import load_run
+    from moba_jax.validation import at_least
     with common.clean_exit():
+        at_least("--max_new_tokens", FLAGS.max_new_tokens, 1, "generate at least one token",
+                 integer=True)
+        at_least("--temperature", FLAGS.temperature, 0, "give 0 (greedy) or a positive "
+                 "sampling temperature, e.g. --temperature=0.8")
         run = load_run(FLAGS.workdir, step=FLAGS.step)
         tok = ByteTokenizer()
         prompt = np.concatenate([[BOS_ID], tok.encode(FLAGS.prompt)]).astype(np.int32)[None]
@@ -38,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

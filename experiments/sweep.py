@@ -27,7 +27,7 @@ Exit codes:
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common, summary
@@ -107,4 +107,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

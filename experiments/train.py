@@ -11,7 +11,7 @@ processes (one per host) run the same command; see README "Scaling out"::
 Exit codes: 0 done, 2 bad input (one-line message), 3 diverged, 75 preempted
 by SIGTERM after saving a checkpoint (run the same command again to resume).
 """
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

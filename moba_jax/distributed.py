@@ -224,6 +224,17 @@ _catch_sigint = False          # set by the command-line entry points (catch_sig
 EXIT_FOR_SIGNAL = {signal.SIGTERM: 75, signal.SIGINT: 130}
 
 
+# A Ctrl-C normally ends in one line, the entry point's "interrupted: checkpoint saved
+# at step N ...". Only when stopping takes longer than this (a long step, a slow
+# checkpoint) is a notice printed first, so the user knows it is under way.
+SLOW_STOP_NOTICE_S = 5.0
+
+
+def _slow_stop_notice() -> None:
+    os.write(2, b"Ctrl-C: checkpointing at the next step boundary, then exiting "
+                b"(press Ctrl-C again to exit at once, without it)\n")
+
+
 def _on_signal(signum, frame):
     del frame
     if signum == signal.SIGINT and _sigterm.is_set():
@@ -233,8 +244,9 @@ def _on_signal(signum, frame):
     if not _sigterm.is_set():
         _signal.append(signum)
         if signum == signal.SIGINT:
-            os.write(2, b"Ctrl-C: checkpointing at the next step boundary, then exiting "
-                        b"(press Ctrl-C again to exit at once, without it)\n")
+            notice = threading.Timer(SLOW_STOP_NOTICE_S, _slow_stop_notice)
+            notice.daemon = True
+            notice.start()
         else:
             log.warning("SIGTERM: checkpointing at the next step boundary, then exiting")
     _sigterm.set()
@@ -274,6 +286,11 @@ def stop_signal() -> int | None:
     if _signal:
         return _signal[0]
     return signal.SIGTERM if jax.process_count() > 1 else None
+
+
+def stop_word() -> str:
+    """How a stopped run is described: ``"interrupted"`` (Ctrl-C) or ``"preempted"``."""
+    return "interrupted" if stop_signal() == signal.SIGINT else "preempted"
 
 
 def stop_signal_name() -> str:

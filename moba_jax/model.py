@@ -28,6 +28,7 @@ from flax import nnx
 from moba_jax import layers
 from moba_jax.attention import default_options, get_attention
 from moba_jax.sharding import constrain
+from moba_jax.validation import ConfigError, one_of, positive
 
 
 class ModelConfigError(ValueError):
@@ -75,18 +76,19 @@ def layer_kinds(cfg) -> list[str]:
 
 
 def validate_model_config(cfg) -> None:
-    """Raises :class:`ModelConfigError` naming the field for configs the model cannot take."""
+    """Raises :class:`~moba_jax.validation.ConfigError` naming the field for a model shape
+    the model cannot take (its attention kinds' options: :func:`~moba_jax.validation.check_model_options`)."""
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
-        if int(cfg[f]) <= 0:
-            raise ModelConfigError(f"model.{f}={cfg[f]} must be a positive integer")
+        positive(f"model.{f}", cfg[f], f"give a positive integer, e.g. "
+                 f"--config.model.{f}={default_model_config()[f]}", integer=True)
     if cfg.n_heads % cfg.n_kv_heads:
-        raise ModelConfigError(
-            f"model.n_heads={cfg.n_heads} is not a multiple of model.n_kv_heads={cfg.n_kv_heads}; "
-            "grouped-query attention needs n_kv_heads to divide n_heads")
+        raise ConfigError("model.n_kv_heads", f"{cfg.n_kv_heads} does not divide "
+                          f"model.n_heads={cfg.n_heads}", "grouped-query attention needs a "
+                          "divisor of the query heads, e.g. --config.model.n_kv_heads=1")
     if cfg.head_dim % 2:
-        raise ModelConfigError(f"model.head_dim={cfg.head_dim} must be even for rotary positions")
-    if cfg.dtype not in ("float32", "bfloat16"):
-        raise ModelConfigError(f"model.dtype={cfg.dtype!r}: choose 'float32' or 'bfloat16'")
+        raise ConfigError("model.head_dim", f"{cfg.head_dim} is odd",
+                          "rotary positions rotate pairs of features: give an even size")
+    one_of("model.dtype", str(cfg.dtype), ("float32", "bfloat16"))
     layer_kinds(cfg)
 
 

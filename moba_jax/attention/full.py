@@ -17,6 +17,7 @@ from flax import nnx
 
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
+from moba_jax.validation import one_of
 from moba_jax.sharding import constrain
 
 IMPLEMENTATIONS = ("reference", "xla", "cudnn")
@@ -157,6 +158,12 @@ class FullAttention(QKVOAttention):
         return dict(implementation="xla", rope=True)
 
     @staticmethod
+    def check_options(cfg) -> None:
+        """Raises :class:`~moba_jax.validation.ConfigError` for an unknown implementation."""
+        one_of("model.attention.full.implementation", str(cfg.attention.full.implementation),
+               IMPLEMENTATIONS)
+
+    @staticmethod
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
         """Projections plus ``QK^T`` and ``PV`` (``2 head_dim`` each per query head and key):
         over the ``(T+1)/2`` causal keys ("exact"), over all ``T`` keys as the dense
@@ -167,9 +174,7 @@ class FullAttention(QKVOAttention):
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
         self.implementation = cfg.attention.full.implementation
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"attention.full.implementation: unknown {self.implementation!r}; "
-                             f"choose one of {IMPLEMENTATIONS}")
+        FullAttention.check_options(cfg)
 
     def attend(self, q, k, v):
         return causal_attention(q, k, v, implementation=self.implementation)

@@ -38,6 +38,7 @@ from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
 from kernels.kda.cost import chunk_flops
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
+from moba_jax.validation import ConfigError, one_of, positive
 from moba_jax.sharding import constrain
 
 A_INIT_RANGE = (1.0, 16.0)     # A = exp(A_log) ~ U(1, 16)
@@ -164,6 +165,25 @@ class KDAttention(nnx.Module):
         return dict(implementation="xla", chunk_size=64, conv_size=4, rope=False)
 
     @staticmethod
+    def check_options(cfg) -> None:
+        """Raises :class:`~moba_jax.validation.ConfigError` for options KDA cannot take:
+        the chunk length must be one the kernels accept (a power of two >= 16)."""
+        o, at = cfg.attention.kda, "model.attention.kda"
+        one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)
+        c = o.chunk_size
+        positive(f"{at}.chunk_size", c, f"give a power of two >= 16, e.g. "
+                 f"--config.{at}.chunk_size=64", integer=True)
+        if c < 16 or c & (c - 1):
+            raise ConfigError(f"{at}.chunk_size", f"{c} is not a power of two >= 16",
+                              f"the kernels need one, e.g. --config.{at}.chunk_size=64")
+        positive(f"{at}.conv_size", o.conv_size, f"give the short-convolution width, e.g. "
+                 f"--config.{at}.conv_size=4", integer=True)
+        if bool(o.get("rope", False)):
+            raise ConfigError(f"{at}.rope", "KDA has no rotary positions (its recurrence is "
+                              "causal and position-aware by construction)",
+                              f"leave --config.{at}.rope=False")
+
+    @staticmethod
     def param_count(cfg) -> int:
         return kda_params(cfg)
 
@@ -185,17 +205,7 @@ class KDAttention(nnx.Module):
         self.implementation = str(opts.implementation)
         self.chunk_size = int(opts.chunk_size)
         conv_size = int(opts.conv_size)
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"model.attention.kda.implementation={self.implementation!r}: "
-                             f"choose one of {IMPLEMENTATIONS}")
-        if self.chunk_size < 16 or self.chunk_size & (self.chunk_size - 1):
-            raise ValueError(f"model.attention.kda.chunk_size={self.chunk_size} must be a "
-                             "power of two >= 16 (default 64)")
-        if conv_size <= 0:
-            raise ValueError(f"model.attention.kda.conv_size={conv_size} must be positive")
-        if bool(opts.get("rope", False)):
-            raise ValueError("model.attention.kda.rope=True: KDA has no rotary positions "
-                             "(it is causal by construction); leave rope=False")
+        KDAttention.check_options(cfg)
         dtype = jnp.dtype(cfg.dtype)
         kw = dict(rngs=rngs, dtype=dtype)
         heads = ("q_heads", "head_dim")

@@ -38,6 +38,7 @@ from flax import nnx
 from moba_jax import layers
 from moba_jax.attention.full import causal_pairs_per_token
 from moba_jax.attention.registry import register_attention
+from moba_jax.validation import ConfigError, at_least, one_of, positive
 from moba_jax.sharding import constrain
 
 IMPLEMENTATIONS = ("reference", "xla")
@@ -110,6 +111,24 @@ class MLAttention(nnx.Module):
                     implementation="xla")
 
     @staticmethod
+    def check_options(cfg) -> None:
+        """Raises :class:`~moba_jax.validation.ConfigError` for options MLA cannot take."""
+        o, at = cfg.attention.mla, "model.attention.mla"
+        positive(f"{at}.kv_latent_dim", o.kv_latent_dim, f"give the key/value latent width, "
+                 f"e.g. --config.{at}.kv_latent_dim=64", integer=True)
+        at_least(f"{at}.rope_dim", o.rope_dim, 0, f"give an even rotary width >= 0, e.g. "
+                 f"--config.{at}.rope_dim=16", integer=True)
+        if o.rope_dim % 2:
+            raise ConfigError(f"{at}.rope_dim", f"{o.rope_dim} is odd",
+                              "rotary pairs need an even width, e.g. 16")
+        if bool(o.rope) and o.rope_dim == 0:
+            raise ConfigError(f"{at}.rope", "rope=True needs rope_dim > 0 (the rotated key part)",
+                              f"set --config.{at}.rope_dim=16 or --config.{at}.rope=False")
+        at_least(f"{at}.q_latent_dim", o.q_latent_dim, 0, "give the query latent width, or 0 "
+                 "for a direct query projection", integer=True)
+        one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)
+
+    @staticmethod
     def param_count(cfg) -> int:
         return mla_params(cfg)
 
@@ -140,18 +159,7 @@ class MLAttention(nnx.Module):
         self.use_rope = bool(opts.rope)
         self.implementation = str(opts.implementation)
         self.rope_theta = float(cfg.rope_theta)
-        if dc <= 0:
-            raise ValueError(f"model.attention.mla.kv_latent_dim={dc} must be positive")
-        if dr < 0 or dr % 2:
-            raise ValueError(f"model.attention.mla.rope_dim={dr} must be even and >= 0")
-        if self.use_rope and dr == 0:
-            raise ValueError("model.attention.mla.rope=True needs rope_dim > 0 (the rotated "
-                             "key part); set rope_dim or rope=False")
-        if dq < 0:
-            raise ValueError(f"model.attention.mla.q_latent_dim={dq} must be >= 0 (0 = direct W_q)")
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"model.attention.mla.implementation={self.implementation!r}: "
-                             f"choose one of {IMPLEMENTATIONS}")
+        MLAttention.check_options(cfg)
         dtype = jnp.dtype(cfg.dtype)
         kw = dict(rngs=rngs, dtype=dtype)
         q_out = (h, hd + dr)

@@ -24,6 +24,7 @@ from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
 from kernels.moba.reference import selected_block_mask
 from moba_jax.attention.full import QKVOAttention, qkvo_flops
 from moba_jax.attention.registry import register_attention
+from moba_jax.validation import ConfigError, one_of, positive
 
 
 def moba_keys_per_token(seq_len: int, block_size: int, top_k: int) -> tuple[float, float]:
@@ -51,6 +52,18 @@ class MoBAAttention(QKVOAttention):
         return dict(block_size=64, top_k=3, implementation="xla", rope=True)
 
     @staticmethod
+    def check_options(cfg) -> None:
+        """Raises :class:`~moba_jax.validation.ConfigError` for options MoBA cannot take."""
+        o, at = cfg.attention.moba, "model.attention.moba"
+        positive(f"{at}.block_size", o.block_size, f"give the key block length, e.g. "
+                 f"--config.{at}.block_size=64", integer=True)
+        positive(f"{at}.top_k", o.top_k, f"give the blocks each query attends, counting its "
+                 f"own, e.g. --config.{at}.top_k=3", integer=True)
+        one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)
+        if not isinstance(o.get("rope", True), bool):
+            raise ConfigError(f"{at}.rope", f"{o.rope!r} is not a bool", "give True or False")
+
+    @staticmethod
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
         """"exact": the keys each query attends (current block causally plus the chosen
         past blocks), its gate over every past block's pooled key, and the pooling.
@@ -76,14 +89,7 @@ class MoBAAttention(QKVOAttention):
         self.block_size = int(opts.block_size)
         self.top_k = int(opts.top_k)
         self.implementation = str(opts.implementation)
-        if self.block_size <= 0:
-            raise ValueError(f"model.attention.moba.block_size={self.block_size} must be positive")
-        if self.top_k <= 0:
-            raise ValueError(f"model.attention.moba.top_k={self.top_k} must be positive "
-                             "(it counts the current block)")
-        if self.implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"model.attention.moba.implementation={self.implementation!r}: "
-                             f"choose one of {IMPLEMENTATIONS}")
+        MoBAAttention.check_options(cfg)
 
     def attend(self, q, k, v):
         return moba_attention(q, k, v, block_size=self.block_size, top_k=self.top_k,

@@ -19,6 +19,9 @@ Decode cache:
   Decoding must reproduce the full forward pass's logits.
 Options:
   ``default_options() -> dict``, the kind's entries in ``cfg.attention.<kind>``.
+  Optional: ``check_options(cfg) -> None``, a static method that raises
+  :class:`moba_jax.validation.ConfigError` for options the kind cannot take (run by
+  the validation pass before any FLOP count, model or file is made).
 Accounting (per layer, from the model config alone, no arrays):
   ``param_count(cfg) -> int``: the layer's parameters;
   ``flops_per_token(cfg, seq_len, convention) -> float``: forward FLOPs per token

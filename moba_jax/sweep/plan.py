@@ -28,7 +28,8 @@ import ml_collections
 from moba_jax import accounting, units
 from moba_jax.attention import describe
 from moba_jax.budget import RunConfigError, run_length
-from moba_jax.model import layer_kinds, validate_model_config
+from moba_jax.model import layer_kinds
+from moba_jax.validation import ConfigError, check_run_config
 from moba_jax.train.metrics import LOGGING_FIELDS
 
 # Keys of ``arm_defs.<arm>`` that label an arm without changing its runs.
@@ -87,6 +88,29 @@ def _label(arm: str, arm_def: dict, key: str) -> str | None:
     return value
 
 
+def _has(d, path: list[str]) -> bool:
+    for p in path:
+        if not hasattr(d, "keys") or p not in d:
+            return False
+        d = d[p]
+    return True
+
+
+def origin_field(cfg, arm: str, size: str, field: str) -> str:
+    """The sweep-config field that a run's ``field`` (e.g. ``model.attention.moba.top_k``)
+    takes its value from: the arm's override, the size's, or the base config."""
+    head, *sub = field.split(".")
+    if head == "model" and _has(cfg.arm_defs[arm], sub):
+        return ".".join(["arm_defs", arm, *sub])
+    if head == "model" and _has(cfg.size_defs[size], sub):
+        return ".".join(["size_defs", size, *sub])
+    if head == "train" and sub == ["lr"] and _has(cfg.size_defs[size], ["lr"]):
+        return f"size_defs.{size}.lr"
+    if head == "train" and _has(cfg.arm_defs[arm], ["train", *sub]):
+        return ".".join(["arm_defs", arm, "train", *sub])
+    return f"base.{field}"
+
+
 def plan_sweep(cfg) -> list[RunPlan]:
     """Expands a sweep config into its runs (raises :class:`SweepConfigError`)."""
     arms = _names("arms", cfg.arms)
@@ -128,12 +152,15 @@ def plan_sweep(cfg) -> list[RunPlan]:
                 run_cfg.train.lr = lr
             run_cfg.train.update(budget_flops=budget, budget_convention=cfg.budget_convention,
                                  tokens=0, steps=0)
-            validate_model_config(run_cfg.model)
+            name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
+            try:
+                check_run_config(run_cfg)
+            except ConfigError as e:
+                raise e.moved(origin_field(cfg, arm, size, e.field), f"run {name}") from None
             try:
                 length = run_length(run_cfg.model, run_cfg.train)
             except RunConfigError as e:
                 raise SweepConfigError(f"run {arm}/{size}: {e}") from None
-            name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
             kind_display, kind_colour = describe(layer_kinds(run_cfg.model))
             plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
                                  accounting.non_embedding_params(run_cfg.model),

@@ -196,7 +196,8 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
             except Preempted as e:
                 if main:
                     record(run_dir, "preempted", worker, step=e.step)
-                say(f"{tag}: preempted, checkpoint at step {e.step}; claim released")
+                say(f"{tag}: {distributed.stop_word()}, checkpoint at step {e.step}; "
+                    "claim released")
                 raise
             except Exception as e:  # a broken run must not stop the sweep
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
