@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import warnings
 
 # Errors whose message already says what is wrong and how to fix it: the
 # entry points print them on one line and exit non-zero, no traceback.
@@ -35,11 +36,35 @@ def user_errors() -> tuple[type, ...]:
             MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError, DistributedError)
 
 
+class _LevelPrefix(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}"
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {' '.join(str(message).split())} ({category.__name__})\n"
+
+
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
+    """User-facing stderr of the entry points: ``warning: ...`` / ``error: ...`` lines.
+
+    Log records at WARNING and above print as ``<level>: <message>`` (absl's
+    ``I1126 12:00:00.000 ... file.py:12]`` prefix handler is replaced); Python warnings
+    print as one line ``warning: <message> (<Category>)``, without the source line
+    Python echoes under them. INFO lines (data pipeline, resume, cluster) appear only
+    with absl's ``--verbosity=0`` (or higher) given explicitly; absl, jax, orbax and
+    grain stay at WARNING either way.
+    """
+    from absl import flags
+    verbosity = flags.FLAGS["verbosity"] if "verbosity" in flags.FLAGS else None
+    verbose = verbosity is not None and verbosity.present and verbosity.value >= 0
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelPrefix("%(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        handlers=[handler], force=True)
     for noisy in ("absl", "jax", "orbax", "grain", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.formatwarning = _one_line_warning
 
 
 def define_distributed_flags() -> None:

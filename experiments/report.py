@@ -48,6 +48,7 @@ def _parse_budgets(values) -> list[float] | None:
 
 
 def main(argv):
+    common.setup_logging()
     if len(argv) > 1:
         _error(f"unexpected arguments {argv[1:]}")
     from analysis import report

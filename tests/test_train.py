@@ -1,6 +1,7 @@
 """Training: mesh equivalence, resume after SIGKILL, restore on other meshes, guards."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,3 +123,50 @@ def test_divergence_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     assert kept, "the last good checkpoint must be kept"
     logged = read_jsonl(d / "metrics.jsonl")
     assert all(np.isfinite(r["train_loss"]) for r in logged if r["step"] <= kept[-1])
+
+
+def test_divergence_before_any_checkpoint_is_one_line_naming_the_step(tmp_path):
+    """Diverged before the first checkpoint: the one stderr line names the step whose loss
+    went non-finite (not "step None") and what to change."""
+    d = tmp_path / "nan_early"
+    proc = train_cli(d, "--config.train.lr=1e6", "--config.train.checkpoint_every=1000",
+                     check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    m = re.match(r"error: training diverged at step (\d+): train loss is (nan|-?inf); "
+                 r"no checkpoint was saved before it .*Lower train\.lr", lines[0])
+    assert m and "None" not in lines[0], lines[0]
+    step = int(m.group(1))
+    logged = [r["step"] for r in read_jsonl(d / "metrics.jsonl")]
+    assert 1 <= step and all(s < step for s in logged), (step, logged)
+
+
+# Runs experiments.train with one Python warning raised inside its main, after the CLI
+# has set up its output: the warning must come out as one line, like everything else.
+_WARN_THEN_TRAIN = """
+import runpy, sys, warnings
+import moba_jax.train.loop as loop
+real_train = loop.train
+def train(*args, **kwargs):
+    warnings.warn("a warning raised during training", UserWarning)
+    return real_train(*args, **kwargs)
+loop.train = train
+sys.argv = ["experiments.train", *sys.argv[1:]]
+runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_train_cli_stderr_is_clean(tmp_path):
+    """No absl ``I1126 12:00:00.000 123 file.py:1]`` lines, no source line echoed under a
+    warning: a tiny run's stderr is exactly the one-line warning it raised."""
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARN_THEN_TRAIN, "--config=configs/lm.py:tiny",
+         f"--workdir={tmp_path / 'run'}", *tiny_overrides(), "--config.train.steps=5"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("done: 5 steps"), proc.stdout
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert not [l for l in lines if re.match(r"[IWEF]\d{4} ", l)], proc.stderr
+    assert lines == ["warning: a warning raised during training (UserWarning)"], proc.stderr

@@ -46,6 +46,17 @@ class Preempted(RuntimeError):
         self.run_dir, self.step = run_dir, step
 
 
+def _diverged_message(step: int, loss: float, t, ckpt) -> str:
+    """One line: the step whose train loss is not finite, what was kept, what to change."""
+    good = ckpt.latest_step()
+    kept = (f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
+            if good is not None else
+            f"no checkpoint was saved before it (train.checkpoint_every={t.checkpoint_every})")
+    return (f"training diverged at step {step}: train loss is {loss}; {kept}. Lower "
+            f"train.lr (now {t.lr:g}) or raise train.warmup_frac (now {t.warmup_frac:g}), "
+            "then start a fresh --workdir")
+
+
 @dataclasses.dataclass
 class RunResult:
     run_dir: str
@@ -190,10 +201,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                 tokens_interval += length.tokens_per_step
                 loss = float(m["train_loss"])
                 if not np.isfinite(loss):
-                    raise TrainingDivergedError(
-                        f"training diverged at step {step}: train loss is {loss}; the last good "
-                        f"checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}. "
-                        "Lower train.lr or raise train.warmup_frac, then start a fresh --workdir")
+                    raise TrainingDivergedError(_diverged_message(step, loss, t, ckpt))
                 is_eval = step in evals
                 if step % t.log_every == 0 or is_eval or step == length.steps:
                     elapsed = time.perf_counter() - t_interval
