@@ -41,7 +41,7 @@ from typing import Mapping
 
 import numpy as np
 
-from analysis.results import AnalysisWarning, Sweep, check_convention
+from analysis.results import AnalysisWarning, Sweep, check_convention, json_error
 from analysis.units import FLOPS_PER_PFLOP_S_DAY
 
 # step_00000050.json (old scheme) or step_00000050_len256_b32_t32_<hash>.json
@@ -117,7 +117,8 @@ def read_eval_json(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{Path(path).name} is not valid JSON ({e.msg})") from None
+        raise ValueError(f"{json_error(path, e)}; fix it, or delete it and run "
+                         "experiments.evaluate again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{Path(path).name} is not a JSON object")
     return data

@@ -186,6 +186,14 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def json_error(path, e: json.JSONDecodeError, line: int | None = None) -> str:
+    """``PATH is not valid JSON at line L column C (what is wrong)``: the whole message
+    (``e.msg`` alone can stop mid-sentence, "Invalid control character at"); ``line`` is
+    the file's line number of a JSON-lines record decoded on its own."""
+    what = e.msg.removesuffix(" at")
+    return f"{path} is not valid JSON at line {line or e.lineno} column {e.colno} ({what})"
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     """Parse a JSON-lines file; a truncated last line (a writer mid-flush) is dropped with a warning."""
     lines = path.read_text().splitlines()
@@ -199,7 +207,7 @@ def _read_jsonl(path: Path) -> list[dict]:
             if i == len(lines):
                 warnings.warn(f"{path}:{i}: ignoring truncated last line", AnalysisWarning, stacklevel=3)
                 continue
-            raise AnalysisError(f"{path}:{i} is not valid JSON ({e.msg}); fix or delete that line") from None
+            raise AnalysisError(f"{json_error(path, e, i)}; fix or delete that line") from None
         if not isinstance(obj, dict):
             raise AnalysisError(f"{path}:{i} is not a JSON object; each line must be one run/step record")
         out.append(obj)

@@ -278,7 +278,15 @@ def test_bad_configs_raise(tmp_path, text_dir):
            path=str(bad_jsonl))
     not_json = tmp_path / "notjson.jsonl"
     not_json.write_text("{oops\n")
-    raises(r"line 1 is not valid JSON", source="jsonl", path=str(not_json))
+    raises(r"data\.path: .*notjson\.jsonl is not valid JSON at line 1 column 2 \(Expecting "
+           r"property name enclosed in double quotes\); every non-empty line .* fix or remove",
+           source="jsonl", path=str(not_json))
+    # A raw tab inside a string: json's own message stops at "Invalid control character at".
+    ctrl = tmp_path / "ctrl.jsonl"
+    ctrl.write_text('{"text": "ok"}\n{"text": "a\tb"}\n')
+    col = ctrl.read_text().splitlines()[1].index("\t") + 1
+    raises(re.escape(f"{ctrl} is not valid JSON at line 2 column {col} (Invalid control "
+                     "character); every non-empty line"), source="jsonl", path=str(ctrl))
     for size in (10, 10_000):  # the reader fails differently on tiny and larger files
         garbage = tmp_path / f"g{size}.array_record"
         garbage.write_bytes(b"not an array record" * size)

@@ -174,6 +174,19 @@ def test_evaluate_bad_inputs(run_4dev, tmp_path):
     _assert_error(evaluate(tmp_path / "run", check=False), "has no checkpoints")
 
 
+def test_malformed_config_json_is_one_complete_line(tmp_path):
+    """A raw tab inside a string of config.json: the message names the file, line, column
+    and what to do (json's own text stops at "Invalid control character at")."""
+    text = '{\n  "config": {"name": "a\tb"}\n}\n'
+    (tmp_path / "config.json").write_text(text)
+    col = text.splitlines()[1].index("\t") + 1
+    proc = evaluate(tmp_path, check=False)
+    _assert_error(proc, f"error: {tmp_path / 'config.json'} is not valid JSON at line 2 column "
+                        f"{col} (Invalid control character); fix it (experiments.train writes "
+                        "it when a run starts), or train the run again in a fresh --workdir")
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
 def test_sweep_mode_evaluates_every_run_and_feeds_position_wise_figure(tiny_sweep_dir, tmp_path):
     import shutil
 

@@ -218,6 +218,9 @@ def test_position_loader_skips_bad_file_with_warning(tmp_path):
     with pytest.warns(AnalysisWarning, match="full_s1"):
         pos = position.load_position_evals(results.load_sweep(root))
     assert "full_s1" in pos.skipped and len(pos.bucket_data["0k-2k"]["full"][0]) == 2
+    bad = root / "full_s1" / "eval" / "step_00000200.json"
+    assert (f"{bad} is not valid JSON at line 1 column 2 (Expecting property name enclosed in "
+            "double quotes); fix it, or delete it") in pos.skipped["full_s1"], pos.skipped
 
 
 def test_single_arm_report_has_no_multiplier(tmp_path):
@@ -275,6 +278,19 @@ def test_cli_arms_without_loss_overlap(tmp_path):
     root = write_sweep(tmp_path / "sweep", {"full": 3, "moba": 3}, {"moba": 0.3})
     proc = run_cli("experiments.report", f"--workdir={root}", "--bootstrap=0")
     _one_line_error(proc, "share no loss level")
+
+
+def test_cli_malformed_results_line_is_named_completely(tmp_path):
+    """A raw tab inside a string of results.jsonl: the message names the file, line and
+    column and what to do (json's own text stops at "Invalid control character at")."""
+    root = write_sweep(tmp_path / "sweep", {"full": 3})
+    lines = (root / "results.jsonl").read_text().splitlines()
+    lines[1] = lines[1].replace('"full_s1"', '"full\ts1"')
+    (root / "results.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run_cli("experiments.report", f"--workdir={root}", "--bootstrap=0")
+    col = lines[1].index("\t") + 1
+    _one_line_error(proc, f"error: {root / 'results.jsonl'} is not valid JSON at line 2 column "
+                          f"{col} (Invalid control character); fix or delete that line")
 
 
 def test_no_finished_runs(tmp_path):

@@ -125,3 +125,32 @@ def test_end_of_sweep_lines(monkeypatch):
     assert lines(SweepOutcome(rows, [], main=False)) == []
     assert lines(SweepOutcome(rows, [], dry_run=True)) == []
     assert drawn == ["WD"]
+
+
+# A raw tab inside a string: json's own message stops at "Invalid control character at".
+_BAD_JSON = '{\n  "fingerprint": "a\tb"\n}\n'
+_BAD_AT = f"line 2 column {_BAD_JSON.splitlines()[1].index(chr(9)) + 1} (Invalid control character)"
+
+
+@pytest.mark.parametrize("with_config", [True, False], ids=["config", "pinned"])
+def test_malformed_sweep_json_is_one_complete_line(tmp_path, with_config):
+    (tmp_path / "sweep.json").write_text(_BAD_JSON)
+    args = ["--config=configs/scaling.py:tiny"] if with_config else []
+    proc = run_cli("experiments.sweep", *args, f"--workdir={tmp_path}", "--status")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [
+        f"error: {tmp_path / 'sweep.json'} is not valid JSON at {_BAD_AT}; fix it, or delete it "
+        "and rerun with the sweep's exact --config and overrides (it is written again from them)"]
+
+
+def test_malformed_result_json_names_file_and_fix(tmp_path):
+    from moba_jax.sweep.plan import SweepConfigError
+    from moba_jax.sweep.results import collect_results
+    plans = plan_sweep(get_config("tiny"))
+    (tmp_path / plans[0].name).mkdir()
+    bad = tmp_path / plans[0].name / "result.json"
+    bad.write_text(_BAD_JSON)
+    with pytest.raises(SweepConfigError) as e:
+        collect_results(str(tmp_path), plans)
+    assert str(e.value) == (f"{bad} is not valid JSON at {_BAD_AT}; delete it and rerun the "
+                            "sweep: the run resumes from its last checkpoint and writes it again")

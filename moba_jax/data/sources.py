@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from array_record.python import array_record_module
 
+from moba_jax import jsonfiles
 from moba_jax.data.config import DataConfigError
 
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -125,8 +126,8 @@ def _read_jsonl(path: str, rel: str, text_field: str) -> Iterator[tuple[str, byt
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataConfigError(
-                    f"data.path: {rel} line {lineno} is not valid JSON ({e.msg}); "
-                    f"every non-empty line of a jsonl file must be one JSON object") from None
+                    f"data.path: {jsonfiles.describe(path, e, lineno)}; every non-empty line "
+                    "of a jsonl file must be one JSON object, fix or remove that line") from None
             if not isinstance(obj, dict) or text_field not in obj:
                 raise DataConfigError(
                     f"data.text_field={text_field!r} is missing in {rel} line {lineno}; set "

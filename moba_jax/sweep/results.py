@@ -12,8 +12,8 @@ import json
 import os
 import uuid
 
-from moba_jax import units
-from moba_jax.sweep.plan import RunPlan
+from moba_jax import jsonfiles, units
+from moba_jax.sweep.plan import RunPlan, SweepConfigError
 
 RESULT_FIELDS = ("run", "arm", "arm_display", "arm_colour", "size", "status", "n_params_nonembed",
                  "n_params", "steps", "tokens", "budget_flops", "convention", "final_val_loss",
@@ -29,8 +29,8 @@ def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
         path = os.path.join(workdir, p.name, "result.json")
         if not os.path.exists(path):
             continue
-        with open(path) as f:
-            res = json.load(f)
+        res = jsonfiles.load(path, SweepConfigError, "delete it and rerun the sweep: the run "
+                             "resumes from its last checkpoint and writes it again")
         row = {"run": p.name, "arm": p.arm, "arm_display": p.arm_display,
                "arm_colour": p.arm_colour, "size": p.size, "status": "done", **res}
         for c in ("exact", "6nd"):

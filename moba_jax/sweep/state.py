@@ -15,9 +15,13 @@ import os
 import time
 import uuid
 
-from moba_jax import units
+from moba_jax import jsonfiles, units
 from moba_jax.sweep import claims
 from moba_jax.sweep.plan import RunPlan, SweepConfigError, sweep_fingerprint
+
+
+_SWEEP_JSON_FIX = ("fix it, or delete it and rerun with the sweep's exact --config and "
+                   "overrides (it is written again from them)")
 
 
 def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
@@ -42,8 +46,7 @@ def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
             pass
         finally:
             os.remove(tmp)
-    with open(path) as f:
-        old = json.load(f)
+    old = jsonfiles.load(path, SweepConfigError, _SWEEP_JSON_FIX)
     if old.get("fingerprint") != fingerprint:
         raise SweepConfigError(
             f"{workdir} belongs to a sweep with a different config (fingerprint "
@@ -55,7 +58,8 @@ def load_pinned_config(workdir: str):
     """The sweep config pinned in ``WORKDIR/sweep.json`` (a ``ConfigDict``), or None
     when the directory has no ``sweep.json``."""
     import ml_collections
-    old = _read_json(os.path.join(workdir, "sweep.json"))
+    path = os.path.join(workdir, "sweep.json")
+    old = jsonfiles.load(path, SweepConfigError, _SWEEP_JSON_FIX) if os.path.exists(path) else None
     if old is None or "config" not in old:
         return None
     cfg = ml_collections.ConfigDict(old["config"])

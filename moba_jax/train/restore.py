@@ -11,13 +11,12 @@ the run was trained on.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import ml_collections
 from jax.sharding import Mesh
 
-from moba_jax import sharding as shd
+from moba_jax import jsonfiles, sharding as shd
 from moba_jax.attention import import_kinds
 from moba_jax.train import checkpointing, optim, state as st
 from moba_jax.train.checkpointing import CheckpointError
@@ -39,8 +38,8 @@ def read_run_config(run_dir: str) -> tuple[ml_collections.ConfigDict, dict]:
     if not os.path.exists(path):
         raise CheckpointError(f"{run_dir} is not a run directory (no config.json); point "
                               "--workdir at a folder written by experiments.train or a sweep")
-    with open(path) as f:
-        resolved = json.load(f)
+    resolved = jsonfiles.load(path, CheckpointError, "fix it (experiments.train writes it when "
+                              "a run starts), or train the run again in a fresh --workdir")
     import_kinds(resolved.get("attention_kinds", {}))   # a user's own kinds, if any
     return ml_collections.ConfigDict(resolved["config"]), resolved
 
