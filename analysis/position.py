@@ -183,13 +183,13 @@ def load_position_evals(sweep: Sweep, convention: str = "exact",
     Returns empty ``bucket_data`` when no run has been evaluated.
     """
     check_convention(convention)
-    if sweep.source is None or not Path(sweep.source).is_dir():
+    if sweep.eval_run_dir("") is None or not sweep.eval_run_dir("").is_dir():
         return PositionEvals({}, {}, {})
     found: dict[str, list] = {}
     skipped = {}
     for run in sweep.runs:
         try:
-            files = _read_run(Path(sweep.source) / run.run, convention)
+            files = _read_run(sweep.eval_run_dir(run.run), convention)
         except ValueError as e:
             skipped[run.run] = str(e)
             continue

@@ -108,6 +108,14 @@ class Sweep:
     skipped: Mapping[str, str] = dataclasses.field(default_factory=dict)
     arm_display: Mapping[str, str] = dataclasses.field(default_factory=dict)
     arm_colour: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # Where the runs' evaluations (``<run>/eval/``) live: ``source`` unless they were
+    # written elsewhere (``experiments.evaluate --out=DIR``; report ``--evals=DIR``).
+    eval_source: Path | None = None
+
+    def eval_run_dir(self, run: str) -> Path | None:
+        """The folder holding ``eval/`` of ``run`` (None for a sweep without a directory)."""
+        root = self.eval_source or self.source
+        return None if root is None else Path(root) / run
 
     @property
     def arms(self) -> list[str]:

@@ -2,15 +2,18 @@
 
 Exit codes: 0 done; 2 a user error (bad config, mesh, data, checkpoint, sweep
 directory, or a cluster that cannot be formed), the one-line message says what
-to fix; 3 training diverged; 75 preempted (SIGTERM) or 130 interrupted (Ctrl-C,
-SIGINT): a checkpoint was saved and relaunching the same command resumes (75 is
-``EX_TEMPFAIL``, "try again"; 130 the shell's 128 + SIGINT). A second Ctrl-C
-exits at once with 130, without that checkpoint.
+to fix; 3 training diverged; 74 a directory that cannot be written (read-only,
+permission denied, disk full: the line names the path and the cause; rerun the
+same command once it is fixed); 75 preempted (SIGTERM) or 130 interrupted
+(Ctrl-C, SIGINT): a checkpoint was saved and relaunching the same command
+resumes (75 is ``EX_TEMPFAIL``, "try again"; 130 the shell's 128 + SIGINT). A
+second Ctrl-C exits at once with 130, without that checkpoint.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import warnings
 
@@ -32,8 +35,77 @@ def user_errors() -> tuple[type, ...]:
     from moba_jax.evaluation import EvalConfigError
     from moba_jax.sweep import SweepConfigError
     from moba_jax.distributed import DistributedError
-    return (UnknownAttentionError, RunConfigError, DataConfigError, ModelConfigError,
+    from moba_jax.validation import ConfigError
+    return (ConfigError, UnknownAttentionError, RunConfigError, DataConfigError, ModelConfigError,
             MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError, DistributedError)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG_ERROR)
+
+
+def _override_field(argv: list[str], key: str) -> str | None:
+    """The ``--config.a.b.key`` override in ``argv`` whose path holds ``key``."""
+    for arg in argv:
+        m = re.match(r"--(config(?:\.[\w-]+)+)", arg)
+        if m and key in m.group(1).split("."):
+            return m.group(1)
+    return None
+
+
+def _config_load_error(message: str) -> str:
+    """The last line of a config file's traceback that ml_collections folds into its message."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if re.match(r"[A-Za-z_.]*(Error|Exception)\b", ln)]
+    return errs[-1] if errs else " ".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every way it can fail turned into one line and exit 2:
+    an unknown config field (with the closest known name), a value of the wrong type,
+    a config file that is missing or raises, a missing required flag."""
+    from absl import flags
+    try:
+        rest = flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:
+        # ml_collections: an override names a field the (locked) config lacks.
+        text = str(e)
+        key = re.search(r"'([^'\\]+)\\?'", text)
+        key = key.group(1) if key else text
+        guess = re.search(r'Did you mean \\?"([^"\\]+)\\?"', text)
+        field = _override_field(argv[1:], key) or f"config.{key}"
+        hint = ""
+        if guess:
+            parts = field.split(".")
+            parts[parts.index(key) if key in parts else -1] = guess.group(1)
+            hint = f"did you mean --{'.'.join(parts)}? "
+        _fail(f"--{field}: no such field; {hint}every field the config file defines can be "
+              "overridden, see the file named by --config")
+    except flags.Error as e:
+        message = str(e)
+        if "Error whilst parsing config file" in message:
+            flag = message.split(":", 1)[0]
+            _fail(f"{flag}: the config file raised {_config_load_error(message)}")
+        _fail(f"{' '.join(message.split())}; see --helpshort for the flags")
+    for name in ("config",):
+        if name in flags.FLAGS and flags.FLAGS[name].present:
+            try:
+                getattr(flags.FLAGS[name].value, "keys", None)
+            except OSError as e:
+                # ml_collections defers a missing config file's error to the first use.
+                errno = re.search(r"\[Errno \d+\] ([^:\n]+)", str(e))
+                problem = errno.group(1) if errno else _config_load_error(str(e))
+                _fail(f"--{name}={flags.FLAGS[name].config_filename}: cannot load the config "
+                      f"file ({problem}); give a path relative to the current directory, "
+                      "e.g. configs/scaling.py")
+    return rest
+
+
+def run(main) -> None:
+    """``absl.app.run(main)`` with :func:`parse_flags`: the entry points' ``__main__``."""
+    from absl import app
+    app.run(main, flags_parser=parse_flags)
 
 
 class _LevelPrefix(logging.Formatter):
@@ -112,3 +184,26 @@ def clean_exit():
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
+    except Exception as e:
+        _exit_on_filesystem_fault(e)
+        raise
+
+
+def _exit_on_filesystem_fault(e: BaseException) -> None:
+    """A read-only, permission-denied or full directory behind ``e``: one line, exit 74."""
+    from moba_jax import fileio
+    fault = fileio.filesystem_fault(e)
+    if fault is not None:
+        print(f"error: {fileio.fault_message(fault)}", file=sys.stderr)
+        sys.exit(fileio.EXIT_IO_ERROR)
+
+
+@contextlib.contextmanager
+def filesystem_faults():
+    """Only the filesystem part of :func:`clean_exit`, for entry points that train
+    nothing (the report): no jax import."""
+    try:
+        yield
+    except Exception as e:
+        _exit_on_filesystem_fault(e)
+        raise

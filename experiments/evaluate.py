@@ -10,6 +10,8 @@ writes ``RUN/eval/step_XXXXXXXX_lenL_bB_tT_<hash>.{json,png}``: one file per ste
 settings (length, bucket size, trailing size; the hash covers max_docs and the probes),
 so evaluations with different settings coexist. Runs already evaluated with the same
 settings are skipped. Prints one line per run, then one line per retrieval probe.
+``--out=DIR`` writes the evaluations under DIR instead (runs in a read-only
+directory); ``python -m experiments.report --evals=DIR`` reads them from there.
 """
 import os
 
@@ -22,6 +24,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A run directory or a sweep directory.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_bool("overwrite", False, "Re-evaluate even if results exist.")
+flags.DEFINE_string("out", None, "Write evaluations under this folder instead of the runs' "
+                    "own (OUT/<run>/eval/ for a sweep, OUT/eval/ for a run), e.g. for runs in "
+                    "a read-only directory; the report reads them with --evals=OUT.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -42,9 +47,13 @@ def main(argv):
     with common.clean_exit():
         check_eval_request(FLAGS.config)
         runs = find_runs(FLAGS.workdir)
+        single = runs == [FLAGS.workdir]
         for i, run_dir in enumerate(runs):
+            out = None
+            if FLAGS.out:
+                out = FLAGS.out if single else os.path.join(FLAGS.out, os.path.basename(run_dir))
             res = evaluate_run(run_dir, FLAGS.step, FLAGS.config, progress=True,
-                               overwrite=FLAGS.overwrite)
+                               overwrite=FLAGS.overwrite, out_dir=out)
             buckets = " ".join(f"{b['label']}:{b['loss']:.3f}" for b in res["buckets"]
                                if b["loss"] is not None)
             trail = res["trailing"]["loss"]

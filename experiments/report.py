@@ -16,7 +16,7 @@ whose fitted losses never overlap), with a one-line ``error: ...`` message.
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from analysis.results import CONVENTIONS, AnalysisError
 from experiments import common
@@ -28,7 +28,10 @@ flags.DEFINE_string("baseline", None, "Baseline arm of the multiplier (default: 
 flags.DEFINE_string("improved", None, "Compare only this arm with the baseline (default: every other arm).")
 flags.DEFINE_list("budgets", None, "Baseline computes in PFLOP/s-days for the multiplier, e.g. 1e-9,1e-8.")
 flags.DEFINE_integer("bootstrap", 200, "Bootstrap resamples for intervals (0: none).", lower_bound=0)
-flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/report).")
+flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/report); e.g. a "
+                    "writable folder for a sweep in a read-only directory.")
+flags.DEFINE_string("evals", None, "Folder holding the runs' evaluations as <run>/eval/ when "
+                    "experiments.evaluate wrote them elsewhere (its --out); default: --workdir.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -53,9 +56,11 @@ def main(argv):
         _error(f"unexpected arguments {argv[1:]}")
     from analysis import report
     try:
-        res = report.write_report(FLAGS.workdir, out=FLAGS.out, convention=FLAGS.convention,
-                                  baseline=FLAGS.baseline, improved=FLAGS.improved,
-                                  budgets=_parse_budgets(FLAGS.budgets), bootstrap=FLAGS.bootstrap)
+        with common.filesystem_faults():
+            res = report.write_report(FLAGS.workdir, out=FLAGS.out, convention=FLAGS.convention,
+                                      baseline=FLAGS.baseline, improved=FLAGS.improved,
+                                      budgets=_parse_budgets(FLAGS.budgets),
+                                      bootstrap=FLAGS.bootstrap, evals=FLAGS.evals)
     except AnalysisError as e:
         _error(" ".join(str(e).split()))
     print(res.markdown)
@@ -63,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import os
 import shutil
+import tempfile
 import uuid
 
 EXIT_OK = 0
@@ -53,24 +54,42 @@ def planned_runs(workdir: str) -> dict[str, int] | None:
     return collections.Counter(p.arm for p in plan_sweep(cfg)) if cfg is not None else None
 
 
+def figure_is_current(workdir: str) -> bool:
+    """Whether ``loss_vs_compute.png`` and ``.pdf`` were drawn after the results table
+    (and ``sweep.json``) last changed: re-running a finished sweep then redraws nothing,
+    so it works in a read-only directory."""
+    def mtime(name):
+        try:
+            return os.stat(os.path.join(workdir, name)).st_mtime_ns
+        except FileNotFoundError:
+            return None
+    figs = [mtime("loss_vs_compute" + ext) for ext in (".png", ".pdf")]
+    inputs = [mtime(n) for n in ("results.jsonl", "sweep.json")]
+    return None not in figs and min(figs) >= max(t or 0 for t in inputs)
+
+
 def summarize(workdir: str, rows: list[dict], convention: str, echo=print) -> None:
-    """Writes ``loss_vs_compute.png`` and prints each arm's fitted law; arms with fewer
-    finished runs than planned are marked incomplete."""
+    """Writes ``loss_vs_compute.png`` (unless it is current) and prints each arm's fitted
+    law; arms with fewer finished runs than planned are marked incomplete."""
     from analysis import plots, results
     sweep = results.load_sweep(workdir)
     planned = planned_runs(workdir)
     out = os.path.join(workdir, "loss_vs_compute.png")
-    tmp_dir = os.path.join(workdir, f".figure.{uuid.uuid4().hex[:8]}")  # concurrent workers
+    current = figure_is_current(workdir)
+    # Drawn beside the target (concurrent workers each in their own folder), then renamed
+    # into place; a current figure is only re-fitted, its drawing thrown away.
+    tmp_dir = tempfile.mkdtemp() if current else \
+        os.path.join(workdir, f".figure.{uuid.uuid4().hex[:8]}")
     try:
         fig = plots.plot_loss_vs_compute(sweep, os.path.join(tmp_dir, "loss_vs_compute.png"),
                                          convention=convention, planned=planned)
-        for ext in (".png", ".pdf"):
+        for ext in (".png", ".pdf") if not current else ():
             src = os.path.join(tmp_dir, "loss_vs_compute" + ext)
             if os.path.exists(src):
                 os.replace(src, os.path.join(workdir, "loss_vs_compute" + ext))
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    echo(f"figure: {out}")
+    echo(f"figure: {out}" + (" (up to date)" if current else ""))
     echo(f"fitted laws on the lower envelope (C in PFLOP/s-days, {convention} FLOPs):")
     echo("  " + fig.summary().replace("\n", "\n  "))
     entropy = rows[0].get("unigram_entropy_nats") if rows else None

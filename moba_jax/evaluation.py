@@ -40,9 +40,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moba_jax import sharding as shd
+from moba_jax import fileio, sharding as shd
 from moba_jax.data import BOS_ID, PAD_ID, build_datasets
-from moba_jax.train import metrics as mx
 from moba_jax.train.checkpointing import CheckpointError
 from moba_jax.train.restore import load_run, read_run_config
 from moba_jax.train.step import token_losses
@@ -200,8 +199,13 @@ def _k(n: int) -> str:
 
 
 def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=None,
-                 progress: bool = False, overwrite: bool = False) -> dict:
-    """Evaluates one run's checkpoint; writes and returns the result dict."""
+                 progress: bool = False, overwrite: bool = False,
+                 out_dir: str | None = None) -> dict:
+    """Evaluates one run's checkpoint; writes and returns the result dict.
+
+    Writes ``<out_dir>/eval/<key>.png`` and then ``.json`` (the JSON marks a finished
+    evaluation), each whole or not at all; ``out_dir`` defaults to ``run_dir`` (another
+    folder for a run in a read-only directory)."""
     e = default_eval_config() if eval_cfg is None else eval_cfg
     config, resolved = read_run_config(run_dir)
     seq_len = int(e.seq_len) or int(config.train.seq_len)
@@ -220,7 +224,7 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
     settings = eval_settings(e, seq_len, bucket, trailing)
     run = load_run(run_dir, step=step, mesh=mesh)
     key = settings_key(run.step, settings)
-    out_path = os.path.join(run_dir, "eval", key + ".json")
+    out_path = os.path.join(out_dir or run_dir, "eval", key + ".json")
     if os.path.exists(out_path) and not overwrite:
         try:
             with open(out_path) as f:
@@ -229,6 +233,8 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
             old = None
         if isinstance(old, dict) and old.get("settings") == settings:
             return old
+    if jax.process_index() == 0:
+        fileio.check_writable(os.path.dirname(out_path))   # fail before the work
 
     data = build_datasets(config.data, seq_len=int(config.train.seq_len),
                           global_batch=int(config.train.global_batch), seed=int(config.train.seed))
@@ -260,8 +266,8 @@ def evaluate_run(run_dir: str, step: int | None = None, eval_cfg=None, *, mesh=N
               "retrieval": retrieval}
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(out_path), exist_ok=True)
-        mx.write_json_atomic(out_path, result)
         plot_position_loss(result, out_path[:-5] + ".png")
+        fileio.write_json(out_path, result)
     return result
 
 
@@ -306,7 +312,7 @@ def plot_position_loss(result: dict, path: str) -> None:
                  f"{result['bucket_size']}-wide buckets, trailing {result['trailing_size']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fileio.write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"), binary=True)
     plt.close(fig)
 
 

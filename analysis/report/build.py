@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import sys
+import uuid
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,10 +36,26 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _publish(stage: Path, out: Path) -> None:
+    """Moves every file of ``stage`` to the same place under ``out`` (renames only: a
+    full disk cannot stop it half-way), the report itself last."""
+    files = sorted((p for p in stage.rglob("*") if p.is_file()),
+                   key=lambda p: p.name in ("report.md", "report.html"))
+    for p in files:
+        dest = out / p.relative_to(stage)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dest)
+
+
 def write_report(workdir, out=None, convention: str = "exact", baseline: str | None = None,
                  improved: str | None = None, budgets: Sequence[float] | None = None,
-                 bootstrap: int = 200, echo: Callable[[str], None] | None = None) -> ReportResult:
+                 bootstrap: int = 200, echo: Callable[[str], None] | None = None,
+                 evals=None) -> ReportResult:
     """Analyse the sweep in ``workdir`` and write ``report.md`` / ``report.html`` under ``out``.
+
+    The report is built in a staging folder beside ``out`` and moved into place when
+    complete, so a failure (a full disk, an error in a section) leaves the previous
+    report, or none, never a mix.
 
     Args:
         convention: FLOP convention of the figures, fits and budgets (``"exact"`` or
@@ -47,6 +66,8 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
             (default: 4 geometric points over the runs' final computes).
         bootstrap: resamples for every interval (0: point estimates only).
         echo: progress sink (default: stderr).
+        evals: the folder whose ``<run>/eval/`` hold the runs' evaluations, when they were
+            written outside the sweep (``experiments.evaluate --out``); default ``workdir``.
 
     Raises:
         AnalysisError: not a sweep directory, no finished runs, an unknown arm, or two
@@ -58,8 +79,12 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
         raise AnalysisError(f"bootstrap={bootstrap}; pass 0 (no intervals) or a positive count")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", AnalysisWarning)
-        echo(f"loading sweep {workdir}")
         sweep = load_sweep(workdir)
+        if evals is not None:
+            if not Path(evals).is_dir():
+                raise AnalysisError(f"evals={evals}: no such directory; give the --out of "
+                                    "experiments.evaluate")
+            sweep = dataclasses.replace(sweep, eval_source=Path(evals))
         pairs = choose_pairs(sweep.arms, baseline, improved)
         if budgets is None:
             budgets = default_budgets(sweep, convention)
@@ -67,29 +92,42 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
         if not budgets or any(not (math.isfinite(b) and b > 0) for b in budgets):
             raise AnalysisError(f"budgets {budgets} must be positive PFLOP/s-days values")
         out = Path(out) if out is not None else Path(workdir) / "report"
-        fig_dir = out / "figures"
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        blocks: list = []
-        figures: list[Path] = []
-        add_summary(blocks, sweep, convention, bootstrap)
-        laws, _ = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
-        add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws, budgets, echo)
-        add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
-        add_probes(blocks, sweep)
-        add_parametric(blocks, sweep, bootstrap, echo)
-    notes = tuple(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, AnalysisWarning)))
-    for note in notes:
-        echo(f"note: {note}")
-    for w in caught:
-        if not issubclass(w.category, AnalysisWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    blocks.append(Heading(2, "Notes"))
-    blocks.append(Bullets(notes) if notes else Para("No warnings: every run and fit was used."))
-
-    title = f"Scaling report: {Path(workdir).resolve().name}"
-    blocks.insert(0, Heading(1, title))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.partial"
+        stage.mkdir()      # an unwritable output folder fails here, before the work
+        echo(f"loaded sweep {workdir}: {len(sweep.runs)} runs; report -> {out}")
+        try:
+            fig_dir = stage / "figures"
+            fig_dir.mkdir(parents=True)
+            blocks: list = []
+            figures: list[Path] = []
+            add_summary(blocks, sweep, convention, bootstrap)
+            laws, _ = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+            add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws,
+                           budgets, echo)
+            add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+            add_probes(blocks, sweep)
+            add_parametric(blocks, sweep, bootstrap, echo)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+    try:
+        notes = tuple(dict.fromkeys(str(w.message) for w in caught
+                                    if issubclass(w.category, AnalysisWarning)))
+        for note in notes:
+            echo(f"note: {note}")
+        for w in caught:
+            if not issubclass(w.category, AnalysisWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        blocks.append(Heading(2, "Notes"))
+        blocks.append(Bullets(notes) if notes else Para("No warnings: every run and fit was used."))
+        title = f"Scaling report: {Path(workdir).resolve().name}"
+        blocks.insert(0, Heading(1, title))
+        (stage / "report.md").write_text(to_markdown(blocks, stage))
+        (stage / "report.html").write_text(to_html(blocks, title))
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(to_markdown(blocks, out))
-    html_path.write_text(to_html(blocks, title))
     echo(f"wrote {md_path} and {html_path}")
-    return ReportResult(md_path, html_path, tuple(figures), notes)
+    return ReportResult(md_path, html_path, tuple(out / f.relative_to(stage) for f in figures), notes)

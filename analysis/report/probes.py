@@ -8,7 +8,6 @@ queries answered right, per context length and number of key-value pairs.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from analysis import position
 from analysis.report.blocks import Heading, Para, Table, fmt
@@ -39,11 +38,11 @@ def _column_order(column: str) -> tuple:
 def load_probe_scores(sweep) -> dict[str, list[tuple[str, int, dict[str, float], str]]]:
     """``{arm: [(run, step, cells, trials), ...]}``: each run's latest evaluation with probes."""
     out: dict[str, list] = {}
-    if sweep.source is None or not Path(sweep.source).is_dir():
+    if sweep.eval_run_dir("") is None or not sweep.eval_run_dir("").is_dir():
         return out
     for run in sweep.runs:
         best = None
-        for step, path in position.eval_files(Path(sweep.source) / run.run):
+        for step, path in position.eval_files(sweep.eval_run_dir(run.run)):
             try:
                 data = position.read_eval_json(path)
             except ValueError:

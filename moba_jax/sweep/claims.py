@@ -33,6 +33,8 @@ import threading
 import time
 import uuid
 
+from moba_jax import fileio
+
 log = logging.getLogger("moba_jax")
 
 
@@ -163,16 +165,7 @@ def _locked(claims_dir: str):
 
 
 def _create(path: str, info: dict) -> bool:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(info, f)
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.remove(tmp)
+    return fileio.write_atomic(path, lambda f: json.dump(info, f), exclusive=True)
 
 
 class Claim:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import uuid
+import io
 
-from moba_jax import jsonfiles, units
+from moba_jax import fileio, jsonfiles, units
 from moba_jax.sweep.plan import RunPlan, SweepConfigError
 
 RESULT_FIELDS = ("run", "arm", "arm_display", "arm_colour", "size", "status", "n_params_nonembed",
@@ -39,28 +39,15 @@ def collect_results(workdir: str, plans: list[RunPlan]) -> list[dict]:
     return rows
 
 
-def _write_atomic(path: str, write) -> None:
-    """Writes ``path`` via a private temporary file (safe with concurrent writers)."""
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_results(workdir: str, rows: list[dict]) -> None:
-    """Writes ``results.jsonl`` (every field) and ``results.csv`` (:data:`RESULT_FIELDS`)."""
-    def jsonl(f):
-        for r in rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-
-    def csv_rows(f):
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-
-    _write_atomic(os.path.join(workdir, "results.jsonl"), jsonl)
-    _write_atomic(os.path.join(workdir, "results.csv"), csv_rows)
+def write_results(workdir: str, rows: list[dict]) -> bool:
+    """Writes ``results.jsonl`` (every field) and ``results.csv`` (:data:`RESULT_FIELDS`),
+    each whole (concurrent writers are safe) and only when its content changes, so that
+    re-running a finished sweep writes nothing. Returns True when a file was written."""
+    jsonl = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    wrote = fileio.write_text_if_changed(os.path.join(workdir, "results.jsonl"), jsonl)
+    return fileio.write_text_if_changed(os.path.join(workdir, "results.csv"), table.getvalue()) \
+        or wrote

@@ -27,7 +27,8 @@ from moba_jax import sharding as shd
 from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
 from moba_jax.attention import kind_sources
-from moba_jax.model import layer_kinds, param_counts, validate_model_config
+from moba_jax.model import layer_kinds, param_counts
+from moba_jax.validation import check_run_config
 from moba_jax.train import checkpointing, metrics as mx, optim, state as st, step as stp
 
 log = logging.getLogger("moba_jax")
@@ -38,11 +39,12 @@ class TrainingDivergedError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint at ``step`` was saved and the run can be resumed."""
+    """SIGTERM or Ctrl-C arrived; a checkpoint at ``step`` was saved and the run can be
+    resumed. The message says which ("preempted" or "interrupted")."""
 
     def __init__(self, run_dir: str, step: int, message: str | None = None):
-        super().__init__(message or f"preempted: checkpoint saved at step {step} in {run_dir}; "
-                         "run the same command again to resume")
+        super().__init__(message or f"{distributed.stop_word()}: checkpoint saved at step "
+                         f"{step} in {run_dir}; run the same command again to resume")
         self.run_dir, self.step = run_dir, step
 
 
@@ -90,19 +92,35 @@ def evaluate(eval_fn, params, val_batches, batch_sharding) -> float:
 
 
 def _validate(config, n_devices_data: int) -> None:
-    validate_model_config(config.model)
     t = config.train
-    if t.global_batch % t.grad_accum:
-        raise RunConfigError(f"train.global_batch={t.global_batch} is not divisible by "
-                             f"train.grad_accum={t.grad_accum}")
     if (t.global_batch // t.grad_accum) % n_devices_data:
         raise RunConfigError(
             f"train.global_batch / train.grad_accum = {t.global_batch // t.grad_accum} is not "
             f"divisible by the mesh's data*fsdp = {n_devices_data} devices; change the batch or the mesh")
 
 
+def _finished_result(workdir: str, fingerprint: str, length) -> RunResult | None:
+    """The recorded result when ``workdir`` holds this very run, finished: training it
+    again is a no-op that writes nothing (so it works in a read-only directory)."""
+    result_path = os.path.join(workdir, "result.json")
+    if not os.path.exists(result_path):
+        return None
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            recorded = json.load(f).get("fingerprint")
+        with open(result_path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None             # unreadable records: train as usual, which rewrites them
+    if recorded != fingerprint or summary.get("steps") != length.steps:
+        return None
+    log.info("%s has finished (result.json); nothing to train", workdir)
+    return RunResult(workdir, length.steps, length.tokens, summary.get("final_val_loss"), summary)
+
+
 def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     """Trains one model as described by ``config`` into ``workdir`` (resuming if possible)."""
+    check_run_config(config)
     t = config.train
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = shd.rules_from_config(config.mesh.get("rules"))
@@ -113,8 +131,11 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                              "or leave train.tensorboard=False")
     length = run_length(config.model, t)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
     fingerprint = config_fingerprint(config)
+    finished = _finished_result(workdir, fingerprint, length)
+    if finished is not None:
+        return finished
+    os.makedirs(workdir, exist_ok=True)
 
     data = build_datasets(config.data, seq_len=t.seq_len, global_batch=t.global_batch,
                           seed=t.seed, process_index=jax.process_index(),

@@ -16,6 +16,8 @@ import time
 
 import jax
 
+from moba_jax import fileio
+
 # Train-config fields that change how a run is logged, not what it computes: left out
 # of the run's fingerprint (so toggling them keeps a run resumable) and of the sweep's.
 LOGGING_FIELDS = ("log_every", "checkpoint_every", "progress", "peak_flops_per_device",
@@ -96,17 +98,13 @@ class MetricsWriter:
             return
         with open(self.path) as f:
             keep = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, self.path)
+        fileio.write_text_if_changed(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
-            f.flush()
+        _append_whole(self.path, (json.dumps({k: _clean(v) for k, v in record.items()})
+                                  + "\n").encode())
         if self.tensorboard_dir:
             tb = self._tensorboard()
             for k, v in record.items():
@@ -129,13 +127,28 @@ class MetricsWriter:
             self._tb = None
 
 
+def _append_whole(path: str, data: bytes) -> None:
+    """Appends ``data`` to ``path`` entirely or not at all: a write cut short (a full
+    disk) is truncated away, so the resumed run never meets half a line."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
 def read_metrics(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(l) for l in f if l.strip()]
 
 
 def write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """``path`` holds ``obj`` as JSON, whole, or is left as it was (:mod:`moba_jax.fileio`)."""
+    fileio.write_json(path, obj)
