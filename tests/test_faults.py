@@ -182,3 +182,83 @@ def test_negative_learning_rate_is_refused_before_any_work(tmp_path):
                    "--config.train.lr=-0.003", timeout=120)
     assert_one_line_error(proc, "train.lr: -0.003 is not positive")
     assert not os.listdir(tmp_path)
+
+
+# --- read-only, permission-denied and full directories ---------------------------------
+# Injected at the Python boundary (tests/fault_inject.py): the tests run as root.
+
+def run_with_fault(fault, folder, module, *args, skip=0, timeout=300):
+    return run_cli("tests.fault_inject", fault, str(folder), str(skip), module, *args,
+                   timeout=timeout)
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its size and modification time."""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def leftovers(folder):
+    return [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp") or ".partial" in p.name
+            or "orbax-checkpoint-tmp" in p.name]
+
+
+def assert_fault_line(proc, path, cause):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 74 and len(lines) == 1, (proc.returncode, proc.stderr[-3000:])
+    assert lines[0].startswith(f"error: cannot write {path}") and cause in lines[0], lines[0]
+
+
+def test_finished_sweep_in_a_read_only_directory_reruns_reports_and_evaluates(tmp_path, tiny_sweep_dir):
+    import shutil
+    sweep = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep_dir, sweep, ignore=shutil.ignore_patterns("report", "eval"))
+    before = snapshot(sweep)
+    again = run_with_fault("EROFS", sweep, "experiments.sweep", "--config=configs/scaling.py:tiny",
+                           f"--workdir={sweep}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "finished, skipped" in again.stdout and "(up to date)" in again.stdout
+    assert snapshot(sweep) == before, "re-running a finished sweep must write nothing"
+
+    report = run_with_fault("EROFS", sweep, "experiments.report", f"--workdir={sweep}",
+                            "--bootstrap=0")
+    assert_fault_line(report, sweep, "Read-only file system")
+    assert "--out=DIR" in report.stderr
+
+    run = sorted(p for p in sweep.iterdir() if (p / "result.json").exists())[0]
+    ev = run_with_fault("EROFS", sweep, "experiments.evaluate", f"--workdir={sweep}",
+                        f"--out={tmp_path / 'evals'}", "--config.max_docs=4")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert list((tmp_path / "evals" / run.name / "eval").glob("step_*.json"))
+    out = run_with_fault("EROFS", sweep, "experiments.report", f"--workdir={sweep}",
+                         f"--out={tmp_path / 'report'}", f"--evals={tmp_path / 'evals'}",
+                         "--bootstrap=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "No position-wise evaluations found" not in text, "the report missed --evals"
+    assert snapshot(sweep) == before and not leftovers(tmp_path)
+
+
+def test_permission_denied_workdir_is_one_line_and_leaves_nothing(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    proc = run_with_fault("EACCES", locked, "experiments.train", "--config=configs/lm.py:tiny",
+                          f"--workdir={locked / 'run'}")
+    assert_fault_line(proc, locked / "run", "Permission denied")
+    assert not os.listdir(locked)
+
+
+def test_full_disk_stops_cleanly_and_the_same_command_resumes_to_identical_losses(tmp_path, tiny_sweep_dir):
+    args = ["experiments.sweep", *ONE_RUN, f"--workdir={tmp_path}"]
+    proc = run_with_fault("ENOSPC", tmp_path, *args, skip=1)   # the first checkpoint fits
+    assert_fault_line(proc, tmp_path / RUN / "checkpoints", "No space left on device")
+    assert "then run the same command again to resume" in proc.stderr
+    assert not leftovers(tmp_path) and not claim_files(tmp_path)
+    assert not (tmp_path / RUN / "result.json").exists()
+    assert not (tmp_path / RUN / "failed.json").exists(), "a full disk is not the run's failure"
+    assert [n for n in os.listdir(tmp_path / RUN / "checkpoints") if n.isdigit()] == ["10"]
+
+    run_cli(*args, check=True)
+    starts = [e for e in read_jsonl(tmp_path / RUN / "attempts.jsonl") if e["event"] == "start"]
+    assert starts[-1]["from_step"] == 10
+    assert_same_losses(losses(tmp_path / RUN), losses(tiny_sweep_dir / RUN), rtol=1e-6)
