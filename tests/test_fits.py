@@ -112,6 +112,28 @@ def test_lower_envelope_hand_example():
     assert law.b == pytest.approx(-0.1) and law.a == pytest.approx(3.0)
 
 
+def test_envelope_interval_needs_min_bootstrap_runs():
+    """Two runs give only 3 distinct resamples, hence zero-width intervals: the law comes
+    without one (and so does any multiplier from it); from MIN_BOOTSTRAP_RUNS runs on, one."""
+    rng = np.random.default_rng(0)
+
+    def curves(n):
+        out = {}
+        for i, lo in enumerate(np.geomspace(1.0, 8.0, n)):
+            C = np.geomspace(lo / 4, lo, 8)
+            noise = np.exp(0.002 * rng.standard_normal(len(C)))
+            out[f"r{i}"] = (C, 3 * C ** -0.1 * (1 + 0.05 / (i + 1)) * noise)
+        return out
+
+    few = fits.MIN_BOOTSTRAP_RUNS - 1
+    with pytest.warns(fits.AnalysisWarning, match=f"only {few} run\\(s\\).*without an interval"):
+        _, law = fits.fit_envelope(curves(few), bootstrap=100)
+    assert law.a_ci is None and law.b_ci is None and law.samples is None
+    assert fits.efficiency_multiplier(law, law, budgets=(2.0,)).at[2.0][1:] == (None, None)
+    _, law = fits.fit_envelope(curves(fits.MIN_BOOTSTRAP_RUNS), bootstrap=100)
+    assert law.b_ci[0] < law.b_ci[1] and law.a_ci[0] < law.a_ci[1]
+
+
 # ------------------------------------------------------------------ Chinchilla fits
 
 

@@ -32,13 +32,15 @@ from analysis.fits.chinchilla import (CHINCHILLA_GRID, ChinchillaFit, _chinchill
                                       fit_chinchilla)
 from analysis.fits.isoflop import IsoFlopFit, fit_isoflop
 from analysis.fits.multiplier import Multiplier, efficiency_multiplier
-from analysis.fits.power_law import (Envelope, OffsetPowerLawFit, PowerLawFit, fit_envelope,
-                                     fit_power_law, fit_power_law_offset, lower_envelope)
+from analysis.fits.power_law import (MIN_BOOTSTRAP_RUNS, Envelope, OffsetPowerLawFit, PowerLawFit,
+                                     fit_envelope, fit_power_law, fit_power_law_offset,
+                                     lower_envelope)
 from analysis.results import AnalysisError, AnalysisWarning
 from analysis.units import pflops_days
 
 __all__ = [
-    "AnalysisError", "AnalysisWarning", "pflops_days", "Envelope", "lower_envelope",
+    "AnalysisError", "AnalysisWarning", "pflops_days", "MIN_BOOTSTRAP_RUNS", "Envelope",
+    "lower_envelope",
     "PowerLawFit", "fit_power_law", "fit_envelope", "OffsetPowerLawFit", "fit_power_law_offset",
     "CHINCHILLA_GRID", "ChinchillaFit", "fit_chinchilla", "IsoFlopFit", "fit_isoflop",
     "Multiplier", "efficiency_multiplier",

@@ -17,6 +17,10 @@ from analysis.fits.bootstrap import percentile_interval, resample_indices
 from analysis.fits.inputs import as_positive, same_length
 from analysis.results import AnalysisError, AnalysisWarning
 
+# Fewest runs for a bootstrap over runs to give an interval: 2 runs have only 3 distinct
+# resamples ({a, a}, {b, b}, {a, b}), so their percentile intervals come out zero-width.
+MIN_BOOTSTRAP_RUNS = 3
+
 
 # --------------------------------------------------------------------------- envelope
 
@@ -218,6 +222,8 @@ def fit_envelope(curves, C_min: float | None = None, C_max: float | None = None,
 
     The bootstrap resamples runs (curves) with replacement, recomputes the envelope of the
     resample and refits it: the interval covers which runs happened to form the frontier.
+    With fewer than ``MIN_BOOTSTRAP_RUNS`` curves (or too few fittable resamples) the law
+    is returned without an interval, with a warning saying why.
     """
     data = _normalise_curves(curves)
     env = lower_envelope(data, method=method).restrict(C_min, C_max)
@@ -226,8 +232,13 @@ def fit_envelope(curves, C_min: float | None = None, C_max: float | None = None,
     fit = fit_power_law(env.C, env.L)
     if not bootstrap:
         return env, fit
-    rng = np.random.default_rng(seed)
     names = list(data)
+    if len(names) < MIN_BOOTSTRAP_RUNS:
+        warnings.warn(f"envelope bootstrap over only {len(names)} run(s) (fewer than "
+                      f"{MIN_BOOTSTRAP_RUNS}): the law is reported without an interval; add runs",
+                      AnalysisWarning, stacklevel=2)
+        return env, fit
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(bootstrap):
         pick = rng.choice(len(names), size=len(names), replace=True)
@@ -235,9 +246,6 @@ def fit_envelope(curves, C_min: float | None = None, C_max: float | None = None,
         if len(sub.C) >= 3 and len(np.unique(sub.C)) >= 2:
             out.append(_loglog_lstsq(np.log(sub.C), np.log(sub.L)))
     samples = np.array(out).reshape(-1, 2)
-    if len(names) < 3:
-        warnings.warn(f"envelope bootstrap over only {len(names)} run(s): its interval is not "
-                      "meaningful; add runs", AnalysisWarning, stacklevel=2)
     if len(samples) < bootstrap // 2:
         # Keep the point fit (its range does not depend on the bootstrap); report no interval.
         warnings.warn(f"only {len(samples)} of {bootstrap} envelope bootstrap resamples were "

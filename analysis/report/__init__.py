@@ -28,8 +28,8 @@ Markdown and to HTML, so the two always say the same thing. Arms are named as th
 """
 from analysis.report.blocks import Bullets, Heading, Image, Para, Table
 from analysis.report.build import ReportResult, write_report
-from analysis.report.multiplier import (compute_range, default_baseline, default_budgets, kimi_source,
-                                        multiplier_verdict)
+from analysis.report.multiplier import (compute_range, default_baseline, default_budgets,
+                                        format_interval, kimi_source, multiplier_verdict)
 from analysis.report.parametric import (MIN_CHINCHILLA_RUNS, MIN_DISTINCT_N_D, chinchilla_inputs,
                                         chinchilla_skip_reason)
 from analysis.report.render import text_table, to_html, to_markdown
@@ -38,6 +38,7 @@ from analysis.report.summary import runs_table, total_compute
 __all__ = [
     "write_report", "ReportResult", "Heading", "Para", "Bullets", "Table", "Image", "to_markdown",
     "to_html", "text_table", "total_compute", "runs_table", "default_baseline", "default_budgets",
-    "compute_range", "kimi_source", "multiplier_verdict", "MIN_CHINCHILLA_RUNS", "MIN_DISTINCT_N_D",
+    "compute_range", "kimi_source", "format_interval", "multiplier_verdict", "MIN_CHINCHILLA_RUNS",
+    "MIN_DISTINCT_N_D",
     "chinchilla_skip_reason", "chinchilla_inputs",
 ]

@@ -26,20 +26,32 @@ def default_budgets(sweep: Sweep, convention: str = "exact", n: int = 4) -> list
     return [lo] if hi <= lo else [float(x) for x in np.geomspace(lo, hi, n)]
 
 
+def format_interval(lo: float | None, hi: float | None, min_runs: int | None = None) -> str:
+    """A multiplier's "95% interval" as the report and the notebook print it: ``[lo, hi]``,
+    or "–" when there is none (no bootstrap, too few fittable resamples) or when it means
+    nothing (``min_runs``, the fewer runs of the two arms, below
+    ``fits.MIN_BOOTSTRAP_RUNS``: the interval would reflect one arm's runs only)."""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "–"
+    if min_runs is not None and min_runs < fits.MIN_BOOTSTRAP_RUNS:
+        return "–"
+    return f"[{lo:.3f}, {hi:.3f}]"
+
+
 def multiplier_verdict(ratio: float, lo: float | None, hi: float | None, arm: str,
                        min_runs: int | None = None, labels: Mapping[str, str] | None = None) -> str:
     """Plain-words reading of one multiplier value and its interval.
 
-    ``min_runs``: the fewer runs of the two arms. Below 3 the bootstrap over runs has
-    too few distinct resamples for its interval to mean anything, so no difference is
-    claimed whatever the interval says. ``labels``: display names (``Sweep.arm_display``;
-    default: the arm's own name).
+    ``min_runs``: the fewer runs of the two arms. Below ``fits.MIN_BOOTSTRAP_RUNS`` the
+    bootstrap over runs has too few distinct resamples for its interval to mean anything,
+    so no difference is claimed whatever the interval says. ``labels``: display names
+    (``Sweep.arm_display``; default: the arm's own name).
     """
-    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
-        return "no interval (no bootstrap): no difference claimed"
-    if min_runs is not None and min_runs < 3:
+    if min_runs is not None and min_runs < fits.MIN_BOOTSTRAP_RUNS:
         return (f"no difference claimed: an arm has {min_runs} run(s), too few for a "
                 "meaningful bootstrap interval")
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no interval (no bootstrap): no difference claimed"
     if lo <= 1.0 <= hi:
         return "no difference resolved (interval includes 1.0)"
     better = "less" if lo > 1.0 else "more"
@@ -110,8 +122,8 @@ def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs
             verdict = multiplier_verdict(r, lo, hi, b, min_runs, sweep.arm_display)
             if not (common_L[0] <= L <= common_L[1]):
                 verdict += "; extrapolated (loss outside both arms' fitted range)"
-            interval = "–" if lo is None else f"[{lo:.3f}, {hi:.3f}]"
-            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", interval, verdict))
+            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", format_interval(lo, hi, min_runs),
+                         verdict))
     blocks.append(Table(("B vs A", "budget C (A)", "multiplier", "95% interval", "reading"), tuple(rows)))
 
     a, b = pairs[0]
@@ -131,10 +143,10 @@ def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs
                                        "the equal-loss compute ratio."))
     if source is sweep and kimi.multiplier is not None:
         rows = []
+        min_runs = min(len(sweep.by_arm(a)), len(sweep.by_arm(b)))
         for C, (r, lo, hi) in kimi.multiplier.at.items():
-            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", "–" if lo is None else f"[{lo:.3f}, {hi:.3f}]",
-                         multiplier_verdict(r, lo, hi, b, min(len(sweep.by_arm(a)), len(sweep.by_arm(b))),
-                                            sweep.arm_display)))
+            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", format_interval(lo, hi, min_runs),
+                         multiplier_verdict(r, lo, hi, b, min_runs, sweep.arm_display)))
         blocks += [Para("The same multiplier from the laws through final points (one point per run, "
                         "as in the chart):"),
                    Table(("B vs A", "budget C (A)", "multiplier", "95% interval", "reading"), tuple(rows))]
