@@ -35,7 +35,7 @@ def user_errors() -> tuple[type, ...]:
     from moba_jax.evaluation import EvalConfigError
     from moba_jax.sweep import SweepConfigError
     from moba_jax.distributed import DistributedError
-    from moba_jax.validation import ConfigError
+    from moba_jax.checks import ConfigError
     return (ConfigError, UnknownAttentionError, RunConfigError, DataConfigError, ModelConfigError,
             MeshConfigError, CheckpointError, SweepConfigError, EvalConfigError, DistributedError)
 

@@ -28,7 +28,7 @@ def main(argv):
     from moba_jax.data import BOS_ID, EOS_ID, ByteTokenizer
     from moba_jax.decoding import generate
     from moba_jax.train.restore import load_run
-    from moba_jax.validation import at_least
+    from moba_jax.checks import at_least
     with common.clean_exit():
         at_least("--max_new_tokens", FLAGS.max_new_tokens, 1, "generate at least one token",
                  integer=True)

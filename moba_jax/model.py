@@ -28,7 +28,7 @@ from flax import nnx
 from moba_jax import layers
 from moba_jax.attention import default_options, get_attention
 from moba_jax.sharding import constrain
-from moba_jax.validation import ConfigError, one_of, positive
+from moba_jax.checks import ConfigError, one_of, positive
 
 
 class ModelConfigError(ValueError):
@@ -76,7 +76,7 @@ def layer_kinds(cfg) -> list[str]:
 
 
 def validate_model_config(cfg) -> None:
-    """Raises :class:`~moba_jax.validation.ConfigError` naming the field for a model shape
+    """Raises :class:`~moba_jax.checks.ConfigError` naming the field for a model shape
     the model cannot take (its attention kinds' options: :func:`~moba_jax.validation.check_model_options`)."""
     for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
         positive(f"model.{f}", cfg[f], f"give a positive integer, e.g. "

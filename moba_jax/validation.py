@@ -16,69 +16,16 @@ the mesh's axis sizes and sharding rules.
 """
 from __future__ import annotations
 
-import math
-from typing import Any
-
-
-class ConfigError(ValueError):
-    """A config value the code cannot take: ``field``, what is wrong, and what to do."""
-
-    def __init__(self, field: str, problem: str, fix: str):
-        self.field, self.problem, self.fix = field, problem, fix
-        super().__init__(f"{field}: {problem}; {fix}")
-
-    def moved(self, field: str, context: str = "") -> "ConfigError":
-        """The same problem reported under another field name (e.g. the sweep field
-        a run's value came from), with ``context`` (e.g. the run) after the problem."""
-        problem = f"{self.problem} ({context})" if context else self.problem
-        fix = self.fix.replace(f"--config.{self.field}", f"--config.{field}")
-        return ConfigError(field, problem, fix)
-
-
-def _number(field: str, value: Any, integer: bool = False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
-            (integer and not float(value).is_integer()):
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(field, f"{value!r} is not {kind}", f"give {kind}")
-    if not math.isfinite(float(value)):
-        raise ConfigError(field, f"{value!r} is not finite", "give a finite number")
-    return int(value) if integer else float(value)
-
-
-def at_least(field: str, value: Any, low: float, fix: str, *, integer: bool = False) -> None:
-    """Raises unless ``value >= low``."""
-    v = _number(field, value, integer)
-    if v < low:
-        what = "negative" if low == 0 else f"below {low:g}"
-        raise ConfigError(field, f"{value!r} is {what}", fix)
-
-
-def positive(field: str, value: Any, fix: str, *, integer: bool = False) -> None:
-    """Raises unless ``value > 0``."""
-    v = _number(field, value, integer)
-    if v <= 0:
-        raise ConfigError(field, f"{value!r} is not positive", fix)
-
-
-def in_interval(field: str, value: Any, low: float, high: float, *, closed_high: bool,
-                fix: str) -> None:
-    """Raises unless ``low <= value < high`` (``<= high`` when ``closed_high``)."""
-    v = _number(field, value)
-    if not (low <= v and (v <= high if closed_high else v < high)):
-        bracket = "]" if closed_high else ")"
-        raise ConfigError(field, f"{value!r} is outside [{low:g}, {high:g}{bracket}", fix)
-
-
-def one_of(field: str, value: Any, choices) -> None:
-    """Raises unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ConfigError(field, f"{value!r} is not one of {', '.join(map(repr, choices))}",
-                          f"choose one of them, e.g. --config.{field}={choices[0]}")
+from moba_jax.attention.registry import get_attention
+from moba_jax.checks import (ConfigError, at_least, in_interval, number, number_list, one_of,
+                             positive)
+from moba_jax.model import layer_kinds, validate_model_config
+from moba_jax.sharding import rules_from_config
+from moba_jax.units import CONVENTIONS
 
 
 def check_train_config(t) -> None:
     """The ``train`` fields that need no model: ranges of rates, fractions and lengths."""
-    from moba_jax.units import CONVENTIONS
     for f in ("seq_len", "global_batch", "grad_accum", "log_every", "checkpoint_every"):
         positive(f"train.{f}", t[f], f"set it to 1 or more, e.g. --config.train.{f}=1",
                  integer=True)
@@ -115,10 +62,9 @@ def check_mesh_config(mesh) -> None:
     """The mesh's axis sizes (``data`` may be -1: every device the others leave) and its
     rules table; whether the product fits the devices is checked when the mesh is built
     (:func:`moba_jax.sharding.make_mesh`), so a plan can be printed on a smaller machine."""
-    from moba_jax.sharding import rules_from_config
     for f in ("fsdp", "tensor"):
         positive(f"mesh.{f}", mesh[f], f"set it to 1 or more (1: no {f} sharding)", integer=True)
-    data = _number("mesh.data", mesh.data, integer=True)
+    data = number("mesh.data", mesh.data, integer=True)
     if data == 0 or data < -1:
         raise ConfigError("mesh.data", f"{data} is not a device count",
                           "give a positive number, or -1 for every device the other axes leave")
@@ -134,8 +80,6 @@ def check_eval_config(e) -> None:
 
 def check_model_options(model_cfg) -> None:
     """Every layer kind's own options, through the kind's ``check_options``."""
-    from moba_jax.attention.registry import get_attention
-    from moba_jax.model import layer_kinds
     for kind in dict.fromkeys(layer_kinds(model_cfg)):
         check = getattr(get_attention(kind), "check_options", None)
         if check is not None:
@@ -146,7 +90,6 @@ def check_run_config(cfg) -> None:
     """Validates a whole run config (``model``, ``train``, ``eval``, ``mesh``) in one pass
     before any work; raises :class:`ConfigError` (or the model's and data's own one-line
     errors) for the first problem."""
-    from moba_jax.model import validate_model_config
     check_train_config(cfg.train)
     validate_model_config(cfg.model)
     check_model_options(cfg.model)
@@ -154,20 +97,6 @@ def check_run_config(cfg) -> None:
         check_eval_config(cfg.eval)
     if "mesh" in cfg:
         check_mesh_config(cfg.mesh)
-
-
-def _list(field: str, value, integer: bool) -> list:
-    out = []
-    for x in str(value).split(","):
-        if x.strip():
-            try:
-                out.append(int(x) if integer else float(x))
-            except ValueError:
-                kind = "integers" if integer else "numbers"
-                raise ConfigError(field, f"{x.strip()!r} in {str(value)!r} is not a number",
-                                  f"give comma-separated {kind}, e.g. "
-                                  f"{'256,512' if integer else '0,0.5,1'}") from None
-    return out
 
 
 def check_eval_request(e) -> None:
@@ -178,9 +107,9 @@ def check_eval_request(e) -> None:
     for f in ("batch_size", "probe_trials"):
         positive(f"config.{f}", e[f], f"set it to 1 or more, e.g. --config.{f}=8", integer=True)
     for f in ("needle_lengths", "mqar_lengths", "mqar_pairs"):
-        if any(n <= 0 for n in _list(f"config.{f}", e[f], integer=True)):
+        if any(n <= 0 for n in number_list(f"config.{f}", e[f], integer=True)):
             raise ConfigError(f"config.{f}", f"{e[f]!r} holds a value below 1",
                               "give positive integers, comma-separated")
-    if any(not 0 <= d <= 1 for d in _list("config.needle_depths", e.needle_depths, False)):
+    if any(not 0 <= d <= 1 for d in number_list("config.needle_depths", e.needle_depths, False)):
         raise ConfigError("config.needle_depths", f"{e.needle_depths!r} holds a depth outside "
                           "[0, 1]", "give fractions of the context, e.g. 0,0.25,0.5,0.75,1")

@@ -17,7 +17,7 @@ from flax import nnx
 
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
-from moba_jax.validation import one_of
+from moba_jax.checks import one_of
 from moba_jax.sharding import constrain
 
 IMPLEMENTATIONS = ("reference", "xla", "cudnn")
@@ -159,7 +159,7 @@ class FullAttention(QKVOAttention):
 
     @staticmethod
     def check_options(cfg) -> None:
-        """Raises :class:`~moba_jax.validation.ConfigError` for an unknown implementation."""
+        """Raises :class:`~moba_jax.checks.ConfigError` for an unknown implementation."""
         one_of("model.attention.full.implementation", str(cfg.attention.full.implementation),
                IMPLEMENTATIONS)
 

@@ -38,7 +38,7 @@ from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
 from kernels.kda.cost import chunk_flops
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
-from moba_jax.validation import ConfigError, one_of, positive
+from moba_jax.checks import ConfigError, one_of, positive
 from moba_jax.sharding import constrain
 
 A_INIT_RANGE = (1.0, 16.0)     # A = exp(A_log) ~ U(1, 16)
@@ -166,7 +166,7 @@ class KDAttention(nnx.Module):
 
     @staticmethod
     def check_options(cfg) -> None:
-        """Raises :class:`~moba_jax.validation.ConfigError` for options KDA cannot take:
+        """Raises :class:`~moba_jax.checks.ConfigError` for options KDA cannot take:
         the chunk length must be one the kernels accept (a power of two >= 16)."""
         o, at = cfg.attention.kda, "model.attention.kda"
         one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)

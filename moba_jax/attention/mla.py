@@ -38,7 +38,7 @@ from flax import nnx
 from moba_jax import layers
 from moba_jax.attention.full import causal_pairs_per_token
 from moba_jax.attention.registry import register_attention
-from moba_jax.validation import ConfigError, at_least, one_of, positive
+from moba_jax.checks import ConfigError, at_least, one_of, positive
 from moba_jax.sharding import constrain
 
 IMPLEMENTATIONS = ("reference", "xla")
@@ -112,7 +112,7 @@ class MLAttention(nnx.Module):
 
     @staticmethod
     def check_options(cfg) -> None:
-        """Raises :class:`~moba_jax.validation.ConfigError` for options MLA cannot take."""
+        """Raises :class:`~moba_jax.checks.ConfigError` for options MLA cannot take."""
         o, at = cfg.attention.mla, "model.attention.mla"
         positive(f"{at}.kv_latent_dim", o.kv_latent_dim, f"give the key/value latent width, "
                  f"e.g. --config.{at}.kv_latent_dim=64", integer=True)

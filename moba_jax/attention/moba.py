@@ -24,7 +24,7 @@ from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
 from kernels.moba.reference import selected_block_mask
 from moba_jax.attention.full import QKVOAttention, qkvo_flops
 from moba_jax.attention.registry import register_attention
-from moba_jax.validation import ConfigError, one_of, positive
+from moba_jax.checks import ConfigError, one_of, positive
 
 
 def moba_keys_per_token(seq_len: int, block_size: int, top_k: int) -> tuple[float, float]:
@@ -53,7 +53,7 @@ class MoBAAttention(QKVOAttention):
 
     @staticmethod
     def check_options(cfg) -> None:
-        """Raises :class:`~moba_jax.validation.ConfigError` for options MoBA cannot take."""
+        """Raises :class:`~moba_jax.checks.ConfigError` for options MoBA cannot take."""
         o, at = cfg.attention.moba, "model.attention.moba"
         positive(f"{at}.block_size", o.block_size, f"give the key block length, e.g. "
                  f"--config.{at}.block_size=64", integer=True)

@@ -20,7 +20,7 @@ Decode cache:
 Options:
   ``default_options() -> dict``, the kind's entries in ``cfg.attention.<kind>``.
   Optional: ``check_options(cfg) -> None``, a static method that raises
-  :class:`moba_jax.validation.ConfigError` for options the kind cannot take (run by
+  :class:`moba_jax.checks.ConfigError` for options the kind cannot take (run by
   the validation pass before any FLOP count, model or file is made).
 Accounting (per layer, from the model config alone, no arrays):
   ``param_count(cfg) -> int``: the layer's parameters;
