@@ -24,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    common.setup_logging()
     bench.run(_CONFIG.value, _WORKDIR.value)
 
 

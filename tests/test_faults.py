@@ -262,3 +262,41 @@ def test_full_disk_stops_cleanly_and_the_same_command_resumes_to_identical_losse
     starts = [e for e in read_jsonl(tmp_path / RUN / "attempts.jsonl") if e["event"] == "start"]
     assert starts[-1]["from_step"] == 10
     assert_same_losses(losses(tmp_path / RUN), losses(tiny_sweep_dir / RUN), rtol=1e-6)
+
+
+def test_records_are_whole_or_absent(tmp_path, monkeypatch):
+    """In-process: a write cut short leaves the old content and no temporary file; a
+    metrics line cut short by a kill is dropped when the run resumes."""
+    import errno as errno_
+
+    from moba_jax import fileio
+    from moba_jax.train import metrics as mx
+    target = tmp_path / "result.json"
+    fileio.write_json(str(target), {"old": 1})
+
+    def cut(f):
+        f.write('{"new": ')
+        raise OSError(errno_.ENOSPC, "No space left on device", str(target))
+    try:
+        fileio.write_atomic(str(target), cut)
+    except OSError as e:
+        assert fileio.filesystem_fault(e) is e
+    assert json.loads(target.read_text()) == {"old": 1} and os.listdir(tmp_path) == ["result.json"]
+
+    log = tmp_path / "metrics.jsonl"
+    w = mx.MetricsWriter(str(log), enabled=True)
+    for s in (1, 2, 3):
+        w.write({"step": s, "train_loss": 1.0})
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:5]) and
+                        (_ for _ in ()).throw(OSError(errno_.ENOSPC, "full")))
+    try:
+        w.write({"step": 4, "train_loss": 1.0})
+    except OSError:
+        pass
+    monkeypatch.setattr(os, "write", real_write)
+    assert [r["step"] for r in mx.read_metrics(str(log))] == [1, 2, 3], "no half line on disk"
+    with open(log, "a") as f:
+        f.write('{"step": 4, "tra')          # a SIGKILL mid-write (not through the writer)
+    w.truncate_after(2)
+    assert [r["step"] for r in mx.read_metrics(str(log))] == [1, 2]

@@ -89,15 +89,26 @@ class MetricsWriter:
             shutil.rmtree(self.tensorboard_dir)
 
     def truncate_after(self, step: int) -> None:
-        """Drops lines logged after ``step`` (a resumed run re-logs them); TensorBoard
-        is told to discard its events after ``step`` too (``purge_step``)."""
+        """Drops lines logged after ``step`` (a resumed run re-logs them), and a last line
+        that a kill cut short; TensorBoard is told to discard its events after ``step``
+        too (``purge_step``)."""
         if not self.enabled:
             return
         self._purge_step = step + 1
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            keep = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+            lines = [l for l in f if l.strip()]
+        keep = []
+        for i, line in enumerate(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines) - 1:
+                    break          # the process died mid-write: the line is re-logged
+                raise
+            if record["step"] <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
         fileio.write_text_if_changed(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
