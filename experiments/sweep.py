@@ -13,6 +13,22 @@ over at once; one from another host after ``--claim_timeout_s`` without
 heartbeat. ``--status`` prints every run as done / running / dead / failed /
 pending with its compute (``--config`` may be left out: ``sweep.json`` pins it).
 
+``sweep.json`` pins the sweep's config: a worker with another config is refused
+(exit 2, naming the differing fields). ``--retry_failed`` trains failed runs
+again and accepts a changed config (the usual fix for a failed run) when it alters
+only failed or unstarted runs, or adds runs; each planned run's config is compared
+with the one its directory recorded. A failed run whose config changed restarts
+from scratch: its old checkpoints, metrics and failure note move to
+``RUN_DIR/retired/<n>/`` (``attempts.jsonl`` records it). A change that would alter
+a finished or started run, or drop one from the plan, is refused (exit 2, naming
+the runs and fields): revert it, use a fresh ``--workdir``, or delete those runs'
+directories. Once accepted, ``sweep.json`` pins the new config (the previous
+fingerprints are kept in its ``history``): later workers run it without
+``--retry_failed``, and ``--status`` reads it. After a diverged run, e.g.::
+
+    python -m experiments.sweep --config=configs/scaling.py:tiny --workdir=/tmp/tiny \\
+        --config.size_defs.t1.lr=1e-3 --retry_failed
+
 Exit codes:
   0    every planned run has finished;
   2    bad input (one-line message, nothing trained);
@@ -49,7 +65,9 @@ flags.DEFINE_float("progress_every_s", 10.0, "Seconds between the progress lines
                    "trained without a progress bar (train.progress=False); 0: none.")
 flags.DEFINE_bool("wait", False, "When every remaining run is claimed by other workers, wait "
                   "for them (taking over runs whose worker dies) instead of exiting.")
-flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again.")
+flags.DEFINE_bool("retry_failed", False, "Train runs recorded as failed again, accepting a "
+                  "changed --config that alters only failed or unstarted runs (a failed run "
+                  "whose config changed restarts from scratch).")
 flags.DEFINE_string("worker_id", None, "Name of this worker in claims and attempts.jsonl "
                     "(default host:pid:random).")
 common.define_distributed_flags()

@@ -1,6 +1,7 @@
 """Several sweep workers on one directory: each run trained once, dead workers' runs taken over."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,3 +130,72 @@ def test_failed_run_is_recorded_and_the_worker_moves_on(tmp_path):
     assert "Full Attention: not fitted: 1 runs" in proc.stdout
     assert "Full Attention: incomplete: 1 of 2 planned runs finished" in proc.stdout
     assert "Full Attention: L = " not in proc.stdout
+
+
+# One size diverges through its own lr (no arm of the tiny config has a train override to
+# break); fixing that lr changes the failed run's config and no other run's.
+TWO_SIZES = ["--config.arms=full", "--config.sizes=t1,t2", "--config.budgets=2e8,4e8",
+             "--config.base.train.grad_clip=0", "--config.base.train.warmup_frac=0.0"]
+
+
+def test_retry_failed_accepts_a_fix_that_changes_only_the_failed_run(tmp_path):
+    """~22 s: the broken sweep (one run diverges), then the fix with --retry_failed."""
+    args = ["experiments.sweep", SWEEP, f"--workdir={tmp_path}", *TWO_SIZES]
+    broken = run_cli(*args, "--config.size_defs.t1.lr=1e30", timeout=120)
+    assert broken.returncode == EXIT_FAILED_RUNS, broken.stderr[-3000:]
+    bad, good = "full_t1_2e08", "full_t2_4e08"
+    assert (tmp_path / bad / "failed.json").exists()
+    finished = (tmp_path / good / "result.json").stat().st_mtime_ns
+    old = json.load(open(tmp_path / "sweep.json"))["fingerprint"]
+
+    fixed = run_cli(*args, "--retry_failed", timeout=120)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "sweep.json now pins the changed config (size_defs.t1.lr: 1e+30 -> 0.005" in fixed.stdout
+    assert f"{good}: finished, skipped" in fixed.stdout
+    assert f"{bad}: config changed since it last trained; restarting from scratch" in fixed.stdout
+    assert (tmp_path / good / "result.json").stat().st_mtime_ns == finished
+    assert [e["event"] for e in read_jsonl(tmp_path / good / "attempts.jsonl")] == ["start", "done"]
+    events = read_jsonl(tmp_path / bad / "attempts.jsonl")
+    assert [e["event"] for e in events] == ["start", "failed", "retired", "start", "done"]
+    assert events[2]["moved_to"] == "retired/1" and events[3]["from_step"] == 0
+    retired = tmp_path / bad / "retired" / "1"
+    assert {"failed.json", "config.json", "metrics.jsonl"} <= set(os.listdir(retired))
+    assert not (tmp_path / bad / "failed.json").exists()
+    assert read_jsonl(tmp_path / bad / "metrics.jsonl")[0]["step"] == 1, "trained from scratch"
+    pin = json.load(open(tmp_path / "sweep.json"))
+    history = [(h["fingerprint"], h["changed"]) for h in pin["history"]]
+    assert history == [(old, ["size_defs.t1.lr"])]
+
+    # sweep.json now pins the fixed config: --status (config read from it) shows both done.
+    status = run_cli("experiments.sweep", f"--workdir={tmp_path}", "--status", check=True)
+    assert "2 runs: 2 done" in status.stdout, status.stdout
+
+
+def _files(root):
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}
+
+
+def test_a_change_to_finished_runs_is_refused_with_or_without_retry_failed(tmp_path,
+                                                                           tiny_sweep_dir):
+    """~5 s (given the session's tiny sweep): nothing is trained or written."""
+    wd = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep_dir, wd)
+    before = _files(wd)
+    args = ["experiments.sweep", SWEEP, f"--workdir={wd}", "--config.size_defs.t2.lr=1e-3"]
+    plain = run_cli(*args, timeout=120)
+    assert plain.returncode == 2, plain.stderr[-3000:]
+    assert plain.stderr.strip().splitlines() == [
+        f"error: {wd} belongs to a sweep with a different config (size_defs.t2.lr: 0.005 -> "
+        "0.001); --retry_failed accepts a change that alters only failed or unstarted runs; "
+        "otherwise use a fresh --workdir, or the exact --config and overrides of the workers "
+        "already using it"]
+    retry = run_cli(*args, "--retry_failed", timeout=120)
+    assert retry.returncode == 2, retry.stderr[-3000:]
+    assert retry.stderr.strip().splitlines() == [
+        f"error: --retry_failed accepts a config change only where it alters failed or unstarted "
+        f"runs, but in {wd} it alters full_t2_2e09 (done; size_defs.t2.lr: 0.005 -> 0.001), "
+        "moba_t2_2e09 (done; size_defs.t2.lr: 0.005 -> 0.001); revert the change, use a fresh "
+        "--workdir, or delete those runs' directories (planned ones then train afresh with the "
+        "new config)"]
+    assert _files(wd) == before

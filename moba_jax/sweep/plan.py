@@ -40,6 +40,15 @@ class SweepConfigError(ValueError):
     """A sweep config that cannot be planned (message names the field and the fix)."""
 
 
+class SweepChangedError(SweepConfigError):
+    """The sweep directory pins a different config; ``pinned`` is its ``sweep.json``
+    record (``--retry_failed`` may accept the change, see :mod:`moba_jax.sweep.changes`)."""
+
+    def __init__(self, message: str, pinned: dict):
+        super().__init__(message)
+        self.pinned = pinned
+
+
 @dataclasses.dataclass
 class RunPlan:
     name: str
@@ -169,17 +178,51 @@ def plan_sweep(cfg) -> list[RunPlan]:
     return plans
 
 
-def sweep_fingerprint(cfg) -> str:
-    """Hash of the sweep config that ``sweep.json`` pins, less what changes no run: the
-    arms' labels (:data:`LABEL_KEYS`) and the base's logging fields
+def pinned_part(config: dict) -> dict:
+    """What ``sweep.json`` pins of a sweep config (``cfg.to_dict()`` or a recorded copy),
+    JSON-normalised: all of it less what changes no run, the arms' labels
+    (:data:`LABEL_KEYS`) and the base's logging fields
     (:data:`moba_jax.train.metrics.LOGGING_FIELDS`, e.g. ``train.tensorboard``)."""
-    d = cfg.to_dict()
+    d = json.loads(json.dumps(config, default=str))
     for arm_def in d.get("arm_defs", {}).values():
         for k in LABEL_KEYS:
             arm_def.pop(k, None)
     for k in LOGGING_FIELDS:
         d.get("base", {}).get("train", {}).pop(k, None)
+    return d
+
+
+def sweep_fingerprint(cfg) -> str:
+    """Hash of the sweep config that ``sweep.json`` pins (:func:`pinned_part`)."""
+    d = pinned_part(cfg.to_dict())
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+ABSENT = "(absent)"
+
+
+def changed_fields(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted path, old value, new value)`` of every leaf that differs between two
+    config dicts; a side that lacks the field has :data:`ABSENT`."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, ABSENT), new.get(k, ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_fields(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append((f"{prefix}{k}", a, b))
+    return out
+
+
+def _short(v) -> str:
+    text = f"{v:g}" if isinstance(v, float) else v if v is ABSENT else json.dumps(v, default=str)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def format_fields(changes: list[tuple[str, object, object]], limit: int = 3) -> str:
+    """``path: old -> new`` for the first ``limit`` changes, then ``... and N more``."""
+    text = ", ".join(f"{f}: {_short(a)} -> {_short(b)}" for f, a, b in changes[:limit])
+    return text + (f" ... and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def format_plan(plans: list[RunPlan], convention: str) -> str:

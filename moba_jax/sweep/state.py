@@ -1,6 +1,8 @@
 """The sweep directory's state, read from its files.
 
-``sweep.json`` pins the sweep's config (:func:`check_sweep_dir`); each run is
+``sweep.json`` pins the sweep's config (:func:`check_sweep_dir`; a changed config
+raises :class:`~moba_jax.sweep.plan.SweepChangedError`, which ``--retry_failed`` may
+accept: :mod:`moba_jax.sweep.changes`); each run is
 ``done`` (``RUN_DIR/result.json``), ``running`` (a live claim in
 ``claims/<run>.claim``, see :mod:`moba_jax.sweep.claims`), ``dead`` (claimed by
 a worker process on this host that no longer exists; the next worker takes it
@@ -17,7 +19,8 @@ import uuid
 
 from moba_jax import jsonfiles, units
 from moba_jax.sweep import claims
-from moba_jax.sweep.plan import RunPlan, SweepConfigError, sweep_fingerprint
+from moba_jax.sweep.plan import (RunPlan, SweepChangedError, SweepConfigError, changed_fields,
+                                 format_fields, pinned_part, sweep_fingerprint)
 
 
 _SWEEP_JSON_FIX = ("fix it, or delete it and rerun with the sweep's exact --config and "
@@ -48,10 +51,13 @@ def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
             os.remove(tmp)
     old = jsonfiles.load(path, SweepConfigError, _SWEEP_JSON_FIX)
     if old.get("fingerprint") != fingerprint:
-        raise SweepConfigError(
-            f"{workdir} belongs to a sweep with a different config (fingerprint "
-            f"{old.get('fingerprint')} != {fingerprint}); use a fresh --workdir, or the "
-            "exact --config and overrides of the workers already using it")
+        fields = changed_fields(pinned_part(old.get("config", {})), pinned_part(cfg.to_dict()))
+        raise SweepChangedError(
+            f"{workdir} belongs to a sweep with a different config ("
+            f"{format_fields(fields) or 'fingerprint ' + str(old.get('fingerprint'))}); "
+            "--retry_failed accepts a change that alters only failed or unstarted runs; "
+            "otherwise use a fresh --workdir, or the exact --config and overrides of the "
+            "workers already using it", pinned=old)
 
 
 def load_pinned_config(workdir: str):

@@ -17,8 +17,8 @@ import os
 import threading
 import time
 
-from moba_jax.sweep import claims
-from moba_jax.sweep.plan import format_plan, plan_sweep
+from moba_jax.sweep import changes, claims
+from moba_jax.sweep.plan import SweepChangedError, format_plan, plan_sweep
 from moba_jax.sweep.results import collect_results, write_results
 from moba_jax.sweep.state import (check_sweep_dir, checkpoint_step, claims_dir, last_logged,
                                   record, run_states)
@@ -103,7 +103,10 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     trained by the worker that claims it (see :mod:`moba_jax.sweep.claims`), and
     ``RUN_DIR/attempts.jsonl`` records which worker trained it from which step.
     A run that raises is recorded in ``RUN_DIR/failed.json`` and skipped by
-    later workers unless ``retry_failed``. Each finished run rewrites the
+    later workers unless ``retry_failed``, which also accepts a sweep config
+    other than the one ``sweep.json`` pins if it alters only failed or unstarted
+    runs (:func:`moba_jax.sweep.changes.accept`; a failed run whose training
+    config changed restarts from scratch). Each finished run rewrites the
     results table. The returned :class:`SweepOutcome` says whether the sweep is
     complete; the caller then draws its figure (``experiments/summary.py``).
     With ``wait`` a worker that finds nothing to claim polls until the runs held
@@ -118,7 +121,7 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     import jax
 
     from moba_jax import distributed
-    from moba_jax.train.loop import Preempted, train  # heavy imports only when training
+    from moba_jax.train.loop import Preempted, config_fingerprint, train  # heavy imports
 
     plans = plan_sweep(cfg)
     main = jax.process_index() == 0
@@ -127,9 +130,14 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     if dry_run:
         return SweepOutcome([p.row() for p in plans], [], main=main, dry_run=True)
     os.makedirs(claims_dir(workdir), exist_ok=True)
-    check_sweep_dir(cfg, workdir)
-    distributed.install_preemption_handler()
     worker = worker_id or claims.new_worker_id()
+    try:
+        check_sweep_dir(cfg, workdir)
+    except SweepChangedError as e:
+        if not retry_failed:
+            raise
+        say(changes.accept(cfg, plans, workdir, e.pinned, claim_timeout_s, worker, write=main))
+    distributed.install_preemption_handler()
     if jax.process_count() > 1:
         say(f"worker {worker}: {jax.process_count()} processes, {jax.device_count()} devices")
     reported: set[str] = set()
@@ -160,6 +168,19 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
             if os.path.exists(os.path.join(workdir, name, "result.json")):
                 c.release()   # finished between our look and our claim
                 continue
+            run_dir = os.path.join(workdir, name)
+            try:
+                changes.check_pin(cfg, workdir)   # still this worker's config?
+                # trained with another config (accepted by --retry_failed): start afresh
+                retired = changes.retire(run_dir, config_fingerprint(s["plan"].config))
+            except BaseException:
+                c.release()
+                raise
+            if retired is not None:
+                record(run_dir, "retired", worker, moved_to=retired[0], files=retired[1],
+                       reason="the sweep config changed this run; it restarts from scratch")
+                say(f"[{i + 1}/{len(plans)}] {name}: config changed since it last trained; "
+                    f"restarting from scratch (its old files moved to {name}/{retired[0]})")
             return i, c, busy
         return -1, None, busy
 
