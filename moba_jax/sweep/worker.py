@@ -17,6 +17,7 @@ import os
 import threading
 import time
 
+from moba_jax import fileio
 from moba_jax.sweep import changes, claims
 from moba_jax.sweep.plan import SweepChangedError, format_plan, plan_sweep
 from moba_jax.sweep.results import collect_results, write_results
@@ -221,8 +222,10 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
                     "claim released")
                 raise
             except Exception as e:  # a broken run must not stop the sweep
+                if fileio.filesystem_fault(e) is not None:
+                    raise   # the directory's fault, not the run's: stop, resume once fixed
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                msg = f"{type(e).__name__}: {first}"[:500]
+                msg = f"{type(e).__name__}: {first}"   # one line, whole
                 log.exception("%s failed", p.name)
                 if main:
                     mx.write_json_atomic(os.path.join(run_dir, "failed.json"),
