@@ -1,18 +1,27 @@
-"""Failure paths of a sweep, each in a subprocess: exit codes, stderr, what is left on disk.
+"""Every failure class of issue 12, each in a subprocess: exit code, stderr lines, the
+named field or path, and what is (and is not) on disk afterwards.
 
-SIGKILL (the dead worker's claim is taken over at once), Ctrl-C (checkpoint, exit 130;
-twice: exit at once), runs left to live workers (exit 4). Failed runs (exit 3, "not
-fitted: N runs") are in tests/test_sweep_workers.py. The uninterrupted reference is
-the session's finished tiny sweep (``tiny_sweep_dir``); each case here trains its one
-run, ``full_t1_6e08`` (~5 s).
+- a killed worker (SIGKILL): its claim is taken over at once, resumed losses equal an
+  uninterrupted run's; Ctrl-C: checkpoint, one line, exit 130 (twice: exit at once);
+  runs left to live workers: exit 4;
+- a bad config: one line ``error: <field>: ...; <fix>``, exit 2, nothing written;
+- read-only, permission-denied and full directories: one line naming the path, exit 74,
+  nothing partial, the same command resumes once fixed;
+- failed runs: exit 3, each named with its cause; ``--retry_failed`` after a fix.
+
+The uninterrupted reference is the session's finished tiny sweep (``tiny_sweep_dir``);
+most cases train its one run ``full_t1_6e08`` (~5 s). SIGTERM is in
+tests/test_preemption.py, divergence in tests/test_train.py.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import time
 
-from moba_jax.sweep import claims
+from configs.scaling import get_config
+from moba_jax.sweep import claims, plan_sweep
 from tests.helpers import popen, read_jsonl, run_cli, signal_when
 from tests.test_train import assert_same_losses, losses
 
@@ -210,7 +219,6 @@ def assert_fault_line(proc, path, cause):
 
 
 def test_finished_sweep_in_a_read_only_directory_reruns_reports_and_evaluates(tmp_path, tiny_sweep_dir):
-    import shutil
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep_dir, sweep, ignore=shutil.ignore_patterns("report", "eval"))
     before = snapshot(sweep)
@@ -300,3 +308,95 @@ def test_records_are_whole_or_absent(tmp_path, monkeypatch):
         f.write('{"step": 4, "tra')          # a SIGKILL mid-write (not through the writer)
     w.truncate_after(2)
     assert [r["step"] for r in mx.read_metrics(str(log))] == [1, 2]
+
+
+# --- failed runs: exit 3, named; --retry_failed after a fix -----------------------------
+
+SWEEP = "--config=configs/scaling.py:tiny"
+EXIT_FAILED_RUNS = 3
+
+
+def test_failed_run_is_recorded_and_the_worker_moves_on(tmp_path):
+    over = ["--config.arms=full", "--config.size_defs.t1.lr=1e30", "--config.base.train.grad_clip=0",
+            "--config.base.train.warmup_frac=0.0"]
+    proc = run_cli("experiments.sweep", SWEEP, f"--workdir={tmp_path}", *over, timeout=240)
+    assert proc.returncode == EXIT_FAILED_RUNS, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, "a failed run's traceback goes to its failed.json"
+    bad, good = [p.name for p in plan_sweep(get_config("tiny")) if p.arm == "full"]
+    failed = json.load(open(tmp_path / bad / "failed.json"))
+    assert "TrainingDivergedError" in failed["error"] and "diverged" in failed["error"]
+    assert "Traceback (most recent call last)" in failed["traceback"]
+    assert (tmp_path / good / "result.json").exists()
+    status = run_cli("experiments.sweep", SWEEP, f"--workdir={tmp_path}", *over, "--status", check=True)
+    assert "failed" in status.stdout.split(bad)[1].splitlines()[0]
+    again = run_cli("experiments.sweep", SWEEP, f"--workdir={tmp_path}", *over)
+    assert again.returncode == EXIT_FAILED_RUNS and "failed earlier, skipped" in again.stdout
+    # The summary names the failed run with its one-line cause; one surviving run fits no law.
+    assert f"1 runs failed: {bad}: TrainingDivergedError: " in proc.stdout
+    assert "Full Attention: not fitted: 1 runs" in proc.stdout
+    assert "Full Attention: incomplete: 1 of 2 planned runs finished" in proc.stdout
+    assert "Full Attention: L = " not in proc.stdout
+
+
+# One size diverges through its own lr (no arm of the tiny config has a train override to
+# break); fixing that lr changes the failed run's config and no other run's.
+TWO_SIZES = ["--config.arms=full", "--config.sizes=t1,t2", "--config.budgets=2e8,4e8",
+             "--config.base.train.grad_clip=0", "--config.base.train.warmup_frac=0.0"]
+
+
+def test_retry_failed_accepts_a_fix_that_changes_only_the_failed_run(tmp_path):
+    """~22 s: the broken sweep (one run diverges), then the fix with --retry_failed."""
+    args = ["experiments.sweep", SWEEP, f"--workdir={tmp_path}", *TWO_SIZES]
+    broken = run_cli(*args, "--config.size_defs.t1.lr=1e30", timeout=120)
+    assert broken.returncode == EXIT_FAILED_RUNS, broken.stderr[-3000:]
+    bad, good = "full_t1_2e08", "full_t2_4e08"
+    assert (tmp_path / bad / "failed.json").exists()
+    finished = (tmp_path / good / "result.json").stat().st_mtime_ns
+    old = json.load(open(tmp_path / "sweep.json"))["fingerprint"]
+
+    fixed = run_cli(*args, "--retry_failed", timeout=120)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "sweep.json now pins the changed config (size_defs.t1.lr: 1e+30 -> 0.005" in fixed.stdout
+    assert f"{good}: finished, skipped" in fixed.stdout
+    assert f"{bad}: config changed since it last trained; restarting from scratch" in fixed.stdout
+    assert (tmp_path / good / "result.json").stat().st_mtime_ns == finished
+    assert [e["event"] for e in read_jsonl(tmp_path / good / "attempts.jsonl")] == ["start", "done"]
+    events = read_jsonl(tmp_path / bad / "attempts.jsonl")
+    assert [e["event"] for e in events] == ["start", "failed", "retired", "start", "done"]
+    assert events[2]["moved_to"] == "retired/1" and events[3]["from_step"] == 0
+    retired = tmp_path / bad / "retired" / "1"
+    assert {"failed.json", "config.json", "metrics.jsonl"} <= set(os.listdir(retired))
+    assert not (tmp_path / bad / "failed.json").exists()
+    assert read_jsonl(tmp_path / bad / "metrics.jsonl")[0]["step"] == 1, "trained from scratch"
+    pin = json.load(open(tmp_path / "sweep.json"))
+    history = [(h["fingerprint"], h["changed"]) for h in pin["history"]]
+    assert history == [(old, ["size_defs.t1.lr"])]
+
+    # sweep.json now pins the fixed config: --status (config read from it) shows both done.
+    status = run_cli("experiments.sweep", f"--workdir={tmp_path}", "--status", check=True)
+    assert "2 runs: 2 done" in status.stdout, status.stdout
+
+
+def test_a_change_to_finished_runs_is_refused_with_or_without_retry_failed(tmp_path,
+                                                                           tiny_sweep_dir):
+    """~5 s (given the session's tiny sweep): nothing is trained or written."""
+    wd = tmp_path / "sweep"
+    shutil.copytree(tiny_sweep_dir, wd)
+    before = snapshot(wd)
+    args = ["experiments.sweep", SWEEP, f"--workdir={wd}", "--config.size_defs.t2.lr=1e-3"]
+    plain = run_cli(*args, timeout=120)
+    assert plain.returncode == 2, plain.stderr[-3000:]
+    assert plain.stderr.strip().splitlines() == [
+        f"error: {wd} belongs to a sweep with a different config (size_defs.t2.lr: 0.005 -> "
+        "0.001); --retry_failed accepts a change that alters only failed or unstarted runs; "
+        "otherwise use a fresh --workdir, or the exact --config and overrides of the workers "
+        "already using it"]
+    retry = run_cli(*args, "--retry_failed", timeout=120)
+    assert retry.returncode == 2, retry.stderr[-3000:]
+    assert retry.stderr.strip().splitlines() == [
+        f"error: --retry_failed accepts a config change only where it alters failed or unstarted "
+        f"runs, but in {wd} it alters full_t2_2e09 (done; size_defs.t2.lr: 0.005 -> 0.001), "
+        "moba_t2_2e09 (done; size_defs.t2.lr: 0.005 -> 0.001); revert the change, use a fresh "
+        "--workdir, or delete those runs' directories (planned ones then train afresh with the "
+        "new config)"]
+    assert snapshot(wd) == before

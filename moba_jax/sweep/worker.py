@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 
 from moba_jax import fileio
 from moba_jax.sweep import changes, claims
@@ -103,7 +104,8 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
     by ``jax.distributed``) may run the same sweep directory at once: a run is
     trained by the worker that claims it (see :mod:`moba_jax.sweep.claims`), and
     ``RUN_DIR/attempts.jsonl`` records which worker trained it from which step.
-    A run that raises is recorded in ``RUN_DIR/failed.json`` and skipped by
+    A run that raises is recorded in ``RUN_DIR/failed.json`` (its cause and its
+    traceback, which is not printed) and skipped by
     later workers unless ``retry_failed``, which also accepts a sweep config
     other than the one ``sweep.json`` pins if it alters only failed or unstarted
     runs (:func:`moba_jax.sweep.changes.accept`; a failed run whose training
@@ -226,10 +228,10 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
                     raise   # the directory's fault, not the run's: stop, resume once fixed
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 msg = f"{type(e).__name__}: {first}"   # one line, whole
-                log.exception("%s failed", p.name)
-                if main:
+                if main:   # the traceback is kept with the run, not printed
                     mx.write_json_atomic(os.path.join(run_dir, "failed.json"),
-                                         {"error": msg, "worker": worker, "time": time.time()})
+                                         {"error": msg, "worker": worker, "time": time.time(),
+                                          "traceback": traceback.format_exc()})
                     record(run_dir, "failed", worker, error=msg)
                 say(f"{tag}: FAILED ({msg}); moving on")
                 continue
