@@ -26,9 +26,14 @@ def run_cli(module: str, *args: str, devices: int = 1, env: dict | None = None,
     return proc
 
 
-def read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str, live: bool = False) -> list[dict]:
+    """The records of a JSON-lines file; ``live``: the file is being appended to, so a
+    last line caught half-written is left out (a reader may see part of a write)."""
     with open(path) as f:
-        return [json.loads(l) for l in f if l.strip()]
+        lines = [l for l in f if l.strip()]
+    if live and lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    return [json.loads(l) for l in lines]
 
 
 def tiny_overrides(**extra) -> list[str]:
@@ -48,7 +53,7 @@ def signal_when(proc, metrics, min_step, sig=signal.SIGTERM, timeout=180):
     """Sends ``sig`` once ``metrics`` logs a step >= ``min_step``; returns (rc, out, err)."""
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and any(r["step"] >= min_step for r in read_jsonl(metrics)):
+        if metrics.exists() and any(r["step"] >= min_step for r in read_jsonl(metrics, live=True)):
             proc.send_signal(sig)
             break
         time.sleep(0.01)

@@ -96,7 +96,7 @@ def test_cache_size_per_token():
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="attention.mla.rope_dim"):
         MLAttention(mla_cfg(rope_dim=7), 0, rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="attention.mla.rope=True needs rope_dim"):
+    with pytest.raises(ValueError, match="attention.mla.rope: rope=True needs rope_dim"):
         MLAttention(mla_cfg(rope_dim=0), 0, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="attention.mla.implementation"):
         MLAttention(mla_cfg(impl="flash"), 0, rngs=nnx.Rngs(0))

@@ -139,10 +139,11 @@ def test_decayed_scores_every_leaf_equals_direct_sum(leaf):
 def test_state_carry_equals_one_run(impl):
   args, _ = make_inputs(B=1, T=150, H=2, K=16, V=16)
   q, k, v, g, beta, s0 = args
-  o_full, s_full = _impl(impl)(*args)
+  run = jax.jit(_impl(impl))
+  o_full, s_full = run(*args)
   cut = 70
-  o1, s1 = _impl(impl)(q[:, :cut], k[:, :cut], v[:, :cut], g[:, :cut], beta[:, :cut], s0)
-  o2, s2 = _impl(impl)(q[:, cut:], k[:, cut:], v[:, cut:], g[:, cut:], beta[:, cut:], s1)
+  o1, s1 = run(q[:, :cut], k[:, :cut], v[:, :cut], g[:, :cut], beta[:, :cut], s0)
+  o2, s2 = run(q[:, cut:], k[:, cut:], v[:, cut:], g[:, cut:], beta[:, cut:], s1)
   assert rel_rms(jnp.concatenate([o1, o2], axis=1), o_full) < 1e-5
   assert rel_rms(s2, s_full) < 1e-5
 
