@@ -121,7 +121,9 @@ class ChinchillaFit:
 
     ``samples`` rows are bootstrap ``(E, A, B, alpha, beta)``; ``cis`` maps each name to
     its interval. ``residuals`` are ``log L - log fit`` for every input point (excluded
-    outliers included); ``excluded`` marks the points left out of the final fit.
+    outliers included); ``excluded`` marks the points left out of the final fit and
+    ``exclusion`` says by which rule, in words ("none", "the 5 highest-loss points
+    dropped", "residuals beyond 5.0 robust SD dropped (2 points)").
     ``objective`` is the summed Huber loss at the optimum.
     """
 
@@ -136,6 +138,7 @@ class ChinchillaFit:
     samples: np.ndarray | None
     objective: float
     ci: float = 0.95
+    exclusion: str = "none"
 
     def __call__(self, N, D):
         N, D = np.asarray(N, float), np.asarray(D, float)
@@ -159,7 +162,7 @@ class ChinchillaFit:
 
 def fit_chinchilla(N, D, L, runs=None, bootstrap: int = 0, seed: int = 0, ci: float = 0.95,
                    delta: float = 1e-3, exclude_outliers: float | None = None,
-                   bootstrap_starts: int = 32) -> ChinchillaFit:
+                   drop_highest: int | None = None, bootstrap_starts: int = 32) -> ChinchillaFit:
     """Fit ``L = E + A/N^alpha + B/D^beta`` exactly as scaling.md prescribes.
 
     Parameterised as ``log L = LSE(a - alpha log N, b - beta log D, e)`` with
@@ -183,20 +186,40 @@ def fit_chinchilla(N, D, L, runs=None, bootstrap: int = 0, seed: int = 0, ci: fl
         exclude_outliers: ``k``: after a first fit, drop points whose log residual is more
             than ``k`` robust standard deviations (1.4826 MAD) from the median residual,
             then refit (the full grid again). ``None``: keep everything.
+        drop_highest: ``k``: leave out the ``k`` points with the highest loss before
+            fitting (ties broken by input order), the rule of Besiroglu et al. (2024),
+            "Chinchilla Scaling: A replication attempt", who drop the 5 highest-loss of
+            the 245 points extracted from Hoffmann et al.'s Figure 4 and fit the other
+            240. One fit, no first pass; the bootstrap resamples the kept points.
+            Exclusive with ``exclude_outliers`` (giving both raises AnalysisError).
+            ``None`` or 0: keep everything.
     """
     N = as_positive("N (parameters)", N, min_points=6)
     D = as_positive("D (tokens)", D, min_points=6)
     L = as_positive("L (loss)", L, min_points=6)
     same_length(N=N, D=D, L=L)
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
+    if exclude_outliers is not None and drop_highest is not None:
+        raise AnalysisError(f"exclude_outliers={exclude_outliers} and drop_highest={drop_highest} are two "
+                            "exclusion rules; give at most one")
 
-    best = _chinchilla_minimise(CHINCHILLA_GRID, logN, logD, logL, delta)
     excluded = np.zeros(len(L), bool)
+    exclusion = "none"
+    if drop_highest:
+        k = int(drop_highest)
+        if k != drop_highest or k < 0:
+            raise AnalysisError(f"drop_highest={drop_highest!r}: give a whole number of points >= 0")
+        if len(L) - k < 6:
+            raise AnalysisError(f"drop_highest={k} leaves {len(L) - k} of {len(L)} points; the law needs at least 6")
+        excluded[np.argsort(-L, kind="stable")[:k]] = True
+        exclusion = f"the {k} highest-loss point{'s' if k > 1 else ''} dropped"
+    best = _chinchilla_minimise(CHINCHILLA_GRID, logN[~excluded], logD[~excluded], logL[~excluded], delta)
     if exclude_outliers is not None:
         r = logL - _chinchilla_log_pred(best.x, logN, logD)
         dev = np.abs(r - np.median(r))
         mad = 1.4826 * np.median(dev)
         excluded = dev > exclude_outliers * mad if mad > 0 else excluded
+        exclusion = f"residuals beyond {exclude_outliers:g} robust SD dropped ({int(excluded.sum())} points)"
         if excluded.any():
             if (~excluded).sum() < 6:
                 raise AnalysisError(f"outlier rule k={exclude_outliers} leaves {(~excluded).sum()} points; use a larger k")
@@ -224,7 +247,7 @@ def fit_chinchilla(N, D, L, runs=None, bootstrap: int = 0, seed: int = 0, ci: fl
         cis = {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(_PARAM_NAMES)}
     e, a, b, alpha, beta = theta
     return ChinchillaFit(float(np.exp(e)), float(np.exp(a)), float(np.exp(b)), float(alpha), float(beta),
-                         cis, resid, excluded, samples, float(best.fun), ci)
+                         cis, resid, excluded, samples, float(best.fun), ci, exclusion)
 
 
 def _chinchilla_log_pred(theta, logN, logD):
