@@ -188,6 +188,8 @@ def test_position_wise_and_chinchilla_sections(tmp_path):
     # Chinchilla: 6 runs of full are fitted; moba's 4 are not, and the report says why.
     chin = md.split("## Parametric law")[1].split("## Notes")[0]
     assert re.search(r"^\| full \| [0-9.]+", chin, re.M)
+    assert "Exclusion rule: none, every finished run is fitted (the report's default" in chin
+    assert re.search(r"^\| full \|.*\| 6 \| none \|", chin, re.M)  # the rule each fit used
     assert "moba: skipped, 4 run(s)" in chin
     assert "offset law" in md.lower()
 
