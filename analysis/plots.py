@@ -237,7 +237,7 @@ def plot_loss_vs_compute(sweep: Sweep, path, convention: str = "exact", arms: Se
         handles.append(hr)
     _log_axes(ax)
     ax.set_xlabel(units.axis_label(convention))
-    ax.set_ylabel("Validation LM loss")
+    ax.set_ylabel(units.LOSS_AXIS_LABEL)
     if title:
         ax.set_title(title)
     ax.legend(handles=handles, fontsize=8, loc="upper right")
@@ -340,7 +340,7 @@ def plot_kimi_style(source, path, baseline: str | None = None, improved: str | N
                 bbox=dict(boxstyle="round", fc="white", ec="0.7", alpha=0.9))
     _log_axes(ax)
     ax.set_xlabel(units.axis_label(convention))
-    ax.set_ylabel("Validation LM loss")
+    ax.set_ylabel(units.LOSS_AXIS_LABEL)
     if title:
         ax.set_title(title)
     ax.legend(fontsize=9, loc="upper right")
@@ -352,7 +352,7 @@ def plot_kimi_style(source, path, baseline: str | None = None, improved: str | N
 
 
 def _bucket_ylabel(label: str) -> str:
-    return "trailing LM loss" if "trailing" in label.lower() else f"LM loss {label}"
+    return f"{'trailing loss' if 'trailing' in label.lower() else f'loss {label}'} ({units.LOSS_UNIT})"
 
 
 def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, convention: str | None = None,
@@ -363,8 +363,8 @@ def plot_position_wise(bucket_data: Mapping[str, Mapping[str, tuple]], path, con
     Args:
         bucket_data: ``{bucket_label: {arm: (C, L)}}`` in panel order, C in PFLOP/s-days,
             e.g. ``{"0k-2k": {...}, "2k-4k": {...}, ..., "trailing": {...}}``. A label
-            containing "trailing" gets the y label "trailing LM loss", others
-            "LM loss <label>".
+            containing "trailing" gets the y label "trailing loss (nats per byte)",
+            others "loss <label> (nats per byte)".
         convention: named on the x axes (``None``: plain "PFLOP/s-days").
         ncols: panels per row (default up to 4).
         labels, colours: ``{arm: display name}``, ``{arm: colormap name}`` (default: the

@@ -14,6 +14,11 @@
   the analysis does not read it.
 - ``CONVENTION_AXIS_LABELS`` / ``CONVENTION_NAMES``: how figures (axis labels) and
   report text name each convention.
+- ``LOSS_AXIS_LABEL``: the loss axis of every figure, "validation loss (nats per byte)".
+  The loss is the mean cross-entropy in nats per token, and this project's tokenizer
+  (``moba_jax/data/tokenizer.py``) makes every token one UTF-8 byte (plus one BOS and
+  one EOS per document), so a token is a byte; a hand-made CSV from another tokenizer
+  would be in nats per token, which the label would then misname.
 
 The model side keeps its own ``moba_jax/units.py``; the analysis imports neither
 ``moba_jax`` nor ``kernels`` (it reads plain files), so the constant lives in both.
@@ -26,6 +31,8 @@ FLOPS_PER_PFLOP_S_DAY = 1e15 * 86_400  # 8.64e19
 CONVENTIONS = ("exact", "6nd")
 # Figure axes: "PFLOP/s-days (exact FLOPs)".
 CONVENTION_AXIS_LABELS = {"exact": "exact FLOPs", "6nd": "6ND"}
+LOSS_UNIT = "nats per byte"
+LOSS_AXIS_LABEL = f"validation loss ({LOSS_UNIT})"
 # Report text and table headers: "C 6ND (PFLOP/s-days)", "the **exact** FLOP convention".
 CONVENTION_NAMES = {"exact": "exact", "6nd": "6ND"}
 

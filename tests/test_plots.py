@@ -225,8 +225,8 @@ def test_plot_position_wise(tmp_path):
     _non_trivial(res.paths)
     assert res.fits["trailing"]["moba"].b == pytest.approx(-0.108, rel=1e-9)
     assert res.fits["0k-2k"]["full"].a == pytest.approx(2.99, rel=1e-9)
-    assert plots._bucket_ylabel("trailing") == "trailing LM loss"
-    assert plots._bucket_ylabel("0k-2k") == "LM loss 0k-2k"
+    assert plots._bucket_ylabel("trailing") == "trailing loss (nats per byte)"
+    assert plots._bucket_ylabel("0k-2k") == "loss 0k-2k (nats per byte)"
     # Two runs are drawn as points without a law, with a warning naming bucket and arm.
     with pytest.warns(AnalysisWarning, match="bucket 'x', arm 'moba'.*points drawn without a law"):
         few = plots.plot_position_wise({"x": {"moba": ([1.0, 2.0], [3.0, 2.9])}}, tmp_path / "few")

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from analysis import position, report, results
+from analysis import plots, position, report, results
 from analysis.results import AnalysisError, AnalysisWarning
 from tests.helpers import run_cli
 
@@ -108,7 +108,8 @@ def _check_rendering(out_dir):
 @pytest.fixture(scope="module")
 def tiny_report(tiny_sweep_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_report")
-    proc = run_cli("experiments.report", f"--workdir={tiny_sweep_dir}", f"--out={out}", "--bootstrap=50",
+    # The issue's command (experiments.report runs the same CLI, tested by the error cases).
+    proc = run_cli("analysis.report", f"--workdir={tiny_sweep_dir}", f"--out={out}", "--bootstrap=50",
                    check=True)
     return out, proc
 
@@ -128,7 +129,10 @@ def test_tiny_sweep_report_sections_and_figures(tiny_report, tiny_sweep_dir):
     totals = report.total_compute(sweep)
     for conv, name in (("exact", "exact"), ("6nd", "6ND")):
         assert f"{totals[conv]:.4g} PFLOP/s-days ({name})" in md
-    assert {"loss_vs_compute.png", "kimi_style.png"} <= {l.split("/")[-1] for l in _image_links(md)}
+    # The papers' pair by default: MoBA vs full drawn as MoBA's Figure 3 (the section's
+    # loss-vs-compute figure, the sweep holding just those arms), no Kimi chart.
+    assert {l.split("/")[-1] for l in _image_links(md)} == {"loss_vs_compute.png"}
+    assert "### MoBA vs Full Attention (MoBA (Lu et al. 2025), Figure 3)" in md
     base = report.default_baseline(sweep.arms)
     for arm in sweep.arms:
         if arm != base:
@@ -140,6 +144,17 @@ def test_tiny_sweep_report_sections_and_figures(tiny_report, tiny_sweep_dir):
     # Progress on stderr; the two output paths on stdout.
     assert "bootstrap" in proc.stderr
     assert str(out / "report.md") in proc.stdout and str(out / "report.html") in proc.stdout
+
+
+def test_tiny_sweep_6nd_axes_and_laws(tiny_report, tiny_sweep_dir, tmp_path, monkeypatch):
+    axes = _recording_axes(monkeypatch)
+    report.write_report(tiny_sweep_dir, out=tmp_path / "r", convention="6nd", bootstrap=0,
+                        echo=lambda s: None)
+    assert axes and all(x == "PFLOP/s-days (6ND)" and y == "validation loss (nats per byte)"
+                        for x, y in axes), axes
+    section = lambda md: md.split("### Fitted laws")[1].split("## Position")[0]  # noqa: E731
+    exact, nd = (section((d / "report.md").read_text()) for d in (tiny_report[0], tmp_path / "r"))
+    assert exact != nd and "| full | 6ND |" in nd and "| full | exact |" in nd
 
 
 def test_tiny_sweep_multiplier_is_honest(tiny_report, tiny_sweep_dir):
@@ -177,14 +192,13 @@ def test_position_wise_and_chinchilla_sections(tmp_path):
     res = report.write_report(root, out=tmp_path / "out", bootstrap=20, echo=lambda s: None)
     md, _ = _check_rendering(tmp_path / "out")
     names = {p.name for p in res.figures}
-    assert names == {"loss_vs_compute.png", "kimi_style.png", "position_wise.png"}
+    assert names == {"loss_vs_compute.png", "position_wise.png"}
     for label, *_ in BUCKETS:
         assert f"| {label} | full |" in md and f"| {label} | moba |" in md
     assert "| trailing | moba |" in md
     assert "Latest evaluation of 10 run(s)" in md
-    # 3+ runs per arm: the Kimi chart has final-point markers and its own multiplier table.
-    assert "laws through final points" in md
-    assert "Kimi-Linear-style chart, MoBA vs Full Attention:" in md  # names from results.jsonl
+    assert "### MoBA vs Full Attention (MoBA" in md   # names from results.jsonl
+    assert "| 0k-2k | full | 6ND |" in md and "| trailing | moba | exact |" in md  # both axes
     # Chinchilla: 6 runs of full are fitted; moba's 4 are not, and the report says why.
     chin = md.split("## Parametric law")[1].split("## Notes")[0]
     assert re.search(r"^\| full \| [0-9.]+", chin, re.M)
@@ -242,6 +256,57 @@ def test_explicit_pair_and_budgets(tmp_path):
     assert [r.split("|")[2].strip() for r in rows[:2]] == ["1e-06", "3e-06"]
     assert "moba vs mla" not in md  # only the requested pair; mla is the default baseline
     assert "Kimi-Linear-style chart, kda vs mla:" in md  # no arm_display: the arms' own names
+
+
+FOUR_ARMS = {"full": {"arm_display": "Full Attention", "arm_colour": "Blues"},
+             "moba": {"arm_display": "MoBA", "arm_colour": "Reds"},
+             "mla": {"arm_display": "MLA", "arm_colour": "Blues"},
+             "kimi_linear": {"arm_display": "Kimi Linear", "arm_colour": "Reds"}}
+
+
+def _recording_axes(monkeypatch) -> list[tuple[str, str]]:
+    """Records (x label, y label) of every axis of every figure the report saves."""
+    seen, save = [], plots._save
+
+    def record(fig, path):
+        seen.extend((ax.get_xlabel(), ax.get_ylabel()) for ax in fig.axes if ax.get_visible())
+        return save(fig, path)
+    monkeypatch.setattr(plots, "_save", record)
+    return seen
+
+
+def test_papers_pairs_by_default_and_convention_switch(tmp_path, monkeypatch):
+    """Four arms, no flags: MoBA vs full drawn MoBA's way, Kimi Linear vs MLA Kimi's way;
+    --convention=6nd changes every figure's axis and every law, and both conventions'
+    laws are in the tables either way."""
+    root = write_sweep(tmp_path / "sweep", {a: 3 for a in FOUR_ARMS},
+                       {"moba": 0.99, "mla": 0.995, "kimi_linear": 0.985}, styles=FOUR_ARMS)
+    mds = {}
+    for conv in ("exact", "6nd"):
+        out = tmp_path / conv
+        axes = _recording_axes(monkeypatch)
+        report.write_report(root, out=out, bootstrap=0, convention=conv, echo=lambda s: None)
+        md, _ = _check_rendering(out)
+        mds[conv] = md
+        names = {l.split("/")[-1] for l in _image_links(md)}
+        assert names == {"loss_vs_compute.png", "loss_vs_compute_moba_vs_full.png",
+                         "kimi_style_kimi_linear_vs_mla.png", "kimi_style_mla_vs_full.png"}
+        assert "### MoBA vs Full Attention (MoBA (Lu et al. 2025), Figure 3)" in md
+        assert "Kimi-Linear-style chart, Kimi Linear vs MLA:" in md
+        assert "kimi_linear vs full" not in md and "moba vs mla" not in md
+        for pair in ("moba vs full", "mla vs full", "kimi_linear vs mla"):
+            assert f"| {pair} |" in md
+        laws = [l for l in md.splitlines() if re.match(r"\| [a-z_]+ \| (exact|6ND) \| ", l)]
+        assert {l.split("|")[2].strip() for l in laws} == {"exact", "6ND"}   # both conventions
+        name = {"exact": "exact FLOPs", "6nd": "6ND"}[conv]
+        assert len(axes) == len(names)
+        assert all(x == f"PFLOP/s-days ({name})" and y == "validation loss (nats per byte)"
+                   for x, y in axes), axes
+    # Every law on the chosen axis changes with the convention (the table lists the chosen first).
+    first = lambda md: md.split("### Fitted laws")[1].split("### Offset")[0]  # noqa: E731
+    assert first(mds["exact"]) != first(mds["6nd"])
+    mult = lambda md: [l for l in md.splitlines() if re.match(r"\| [a-z_]+ vs [a-z_]+ \|", l)]  # noqa: E731
+    assert mult(mds["exact"]) != mult(mds["6nd"])
 
 
 @pytest.mark.parametrize("ratio,lo,hi,expect", [

@@ -1,11 +1,11 @@
 """One-page report of a finished sweep: runs, compute, figures, fitted laws, multipliers.
 
-The command (``experiments/report.py``)::
+The command (:mod:`~analysis.report.cli`; ``python -m experiments.report`` is the same)::
 
-    python -m experiments.report --workdir=runs/scaling
-    python -m experiments.report --workdir=runs/scaling --convention=6nd --baseline=full
-    python -m experiments.report --workdir=runs/scaling --improved=moba --budgets=1e-9,1e-8
-    python -m experiments.report --workdir=runs/scaling --bootstrap=500 --out=/tmp/scaling_report
+    python -m analysis.report --workdir=runs/scaling
+    python -m analysis.report --workdir=runs/scaling --convention=6nd --baseline=full
+    python -m analysis.report --workdir=runs/scaling --improved=moba --budgets=1e-9,1e-8
+    python -m analysis.report --workdir=runs/scaling --bootstrap=500 --out=/tmp/scaling_report
 
 writes ``OUT/report.md``, ``OUT/report.html`` (self-contained: the figures are embedded
 as base64 PNGs) and ``OUT/figures/*.{png,pdf}``; ``OUT`` defaults to ``WORKDIR/report``.
@@ -24,7 +24,8 @@ paragraphs, tables, figures) by one module per section (:mod:`~analysis.report.s
 :mod:`~analysis.report.position_wise`, :mod:`~analysis.report.parametric`), in the order
 of :mod:`~analysis.report.build`, and rendered twice (:mod:`~analysis.report.render`), to
 Markdown and to HTML, so the two always say the same thing. Arms are named as the sweep's
-``results.jsonl`` declares (``arm_display``), else by their own name.
+``results.jsonl`` declares (``arm_display``), else by their own name; which arms are
+compared, and how each pair is drawn, is :mod:`~analysis.report.pairs` (the papers' pairs).
 """
 from analysis.report.blocks import Bullets, Heading, Image, Para, Table
 from analysis.report.build import ReportResult, write_report

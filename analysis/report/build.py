@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 from analysis.report.blocks import Bullets, Heading, Para
 from analysis.report.loss_vs_compute import add_loss_vs_compute
-from analysis.report.multiplier import add_multiplier, choose_pairs, default_budgets
+from analysis.report.multiplier import add_multiplier, default_budgets
+from analysis.report.pairs import choose_comparisons
 from analysis.report.parametric import add_parametric
 from analysis.report.position_wise import add_position_wise
 from analysis.report.probes import add_probes
@@ -60,8 +61,10 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
     Args:
         convention: FLOP convention of the figures, fits and budgets (``"exact"`` or
             ``"6nd"``); the totals are given in both.
-        baseline, improved: multiplier arms, ``C_baseline(L) / C_improved(L)``. Default
-            baseline ``full`` (else ``mla``, else the first arm) against every other arm.
+        baseline, improved: multiplier arms, ``C_baseline(L) / C_improved(L)``. Default:
+            the papers' pairs, each arm against its paper's baseline and drawn as that
+            paper drew it (:mod:`analysis.report.pairs`: MoBA arms vs full attention,
+            Kimi Linear vs MLA, MLA and other arms vs full); either one overrides.
         budgets: baseline computes (PFLOP/s-days) at which multipliers are read
             (default: 4 geometric points over the runs' final computes).
         bootstrap: resamples for every interval (0: point estimates only).
@@ -85,7 +88,7 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
                 raise AnalysisError(f"evals={evals}: no such directory; give the --out of "
                                     "experiments.evaluate")
             sweep = dataclasses.replace(sweep, eval_source=Path(evals))
-        pairs = choose_pairs(sweep.arms, baseline, improved)
+        pairs = choose_comparisons(sweep.arms, baseline, improved, sweep.arm_display)
         if budgets is None:
             budgets = default_budgets(sweep, convention)
         budgets = [float(b) for b in budgets]

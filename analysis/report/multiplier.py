@@ -1,22 +1,22 @@
 """Compute-efficiency multiplier section: arm pairs, budgets, the table and the Kimi-style chart."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, Sequence
 
 import numpy as np
 
 from analysis import fits, plots
 from analysis.report.blocks import Heading, Image, Para, Table, fmt
-from analysis.results import AnalysisError, Sweep
+from analysis.report.pairs import MOBA_STYLE, choose_comparisons, fallback_baseline
+from analysis.results import Sweep
 from analysis.units import CONVENTION_NAMES
 
 
-def default_baseline(arms: Sequence[str]) -> str:
-    """The multiplier's baseline: ``full`` if present, else ``mla``, else the first arm."""
-    for name in ("full", "mla"):
-        if name in arms:
-            return name
-    return arms[0]
+def default_baseline(arms: Sequence[str], labels: Mapping[str, str] | None = None) -> str:
+    """The fallback baseline: ``full`` if present, else ``mla``, else the first arm (the
+    papers' pairs, :mod:`analysis.report.pairs`, name each arm's own)."""
+    return fallback_baseline(arms, labels)
 
 
 def default_budgets(sweep: Sweep, convention: str = "exact", n: int = 4) -> list[float]:
@@ -80,26 +80,83 @@ def kimi_source(sweep: Sweep, laws, convention: str = "exact"):
     return sweep, "final loss of each run (markers) and the law fitted through them"
 
 
-def choose_pairs(arms, baseline, improved) -> list[tuple[str, str]]:
-    """(baseline, improved) arm pairs of the multiplier; explicit arms must be in the sweep."""
-    for name in (baseline, improved):
-        if name is not None and name not in arms:
-            raise AnalysisError(f"arm {name!r} is not in the sweep (its arms: {', '.join(arms)}); "
-                                "pass --baseline/--improved with one of those")
-    if len(arms) < 2:
-        return []
-    base = baseline or default_baseline(arms)
-    if improved is not None:
-        if improved == base:
-            raise AnalysisError(f"--improved={improved} is also the baseline; pick another arm")
-        return [(base, improved)]
-    return [(base, a) for a in arms if a != base]
+def choose_pairs(arms, baseline, improved, labels=None) -> list[tuple[str, str]]:
+    """(baseline, improved) arm pairs of the multiplier: the papers' pairs by default
+    (:func:`analysis.report.pairs.choose_comparisons`); explicit arms must be in the sweep."""
+    return [(c.baseline, c.improved) for c in choose_comparisons(arms, baseline, improved, labels)]
 
 
-def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws, budgets, echo):
-    """Appends the multiplier table per arm pair and the Kimi-style chart of the first pair."""
+def _sub_sweep(sweep: Sweep, arms) -> Sweep:
+    """``sweep`` restricted to ``arms`` (in that order)."""
+    return dataclasses.replace(sweep, runs=tuple(r for a in arms for r in sweep.runs if r.arm == a))
+
+
+def _multiplier_rows(sweep, a, b, m, laws=None):
+    min_runs = min(len(sweep.by_arm(a)), len(sweep.by_arm(b)))
+    rows = []
+    for C, (r, lo, hi) in m.at.items():
+        verdict = multiplier_verdict(r, lo, hi, b, min_runs, sweep.arm_display)
+        if laws is not None:
+            L = float(laws[a](C))
+            common_L = (max(laws[a].L_range[0], laws[b].L_range[0]),
+                        min(laws[a].L_range[1], laws[b].L_range[1]))
+            if not (common_L[0] <= L <= common_L[1]):
+                verdict += "; extrapolated (loss outside both arms' fitted range)"
+        rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", format_interval(lo, hi, min_runs), verdict))
+    return rows
+
+
+def _moba_chart(blocks, figures, sweep, fig_dir, convention, comps, base):
+    """MoBA Figure 3 for ``base`` and its MoBA-style arms: the section's loss-vs-compute
+    figure when the sweep holds only those arms, else a figure of those arms alone."""
+    name = lambda arm: plots.display_name(arm, sweep.arm_display)  # noqa: E731
+    group = [base] + [c.improved for c in comps]
+    title = f"{', '.join(name(a) for a in group[1:])} vs {name(base)}"
+    blocks.append(Heading(3, f"{title} ({comps[0].source})"))
+    if set(group) == set(sweep.arms):
+        blocks.append(Para("Drawn as the MoBA paper draws it: the loss-vs-compute figure above "
+                           "(each run's curve, each arm's dashed envelope projection)."))
+        return
+    stem = "loss_vs_compute_" + "_".join(group[1:]) + f"_vs_{base}"
+    res = plots.plot_loss_vs_compute(_sub_sweep(sweep, group), fig_dir / stem, convention=convention)
+    figures.append(res.paths[0])
+    blocks.append(Image(res.paths[0], f"{title}, as the MoBA paper draws it: validation loss along "
+                                      "training for every run (light = small model); dashed: the "
+                                      "power law fitted to each arm's lower envelope."))
+
+
+def _kimi_chart(blocks, figures, sweep, fig_dir, convention, bootstrap, comp, laws, budgets, echo):
+    """The Kimi-Linear-style chart of one pair (only its two arms) and its final-point table."""
+    a, b = comp.baseline, comp.improved
+    name = lambda arm: plots.display_name(arm, sweep.arm_display)  # noqa: E731
+    blocks.append(Heading(3, f"{name(b)} vs {name(a)} ({comp.source})"))
+    if a not in laws or b not in laws:
+        blocks.append(Para("No chart: an arm of the pair has no fitted law (see Notes)."))
+        return
+    pair = _sub_sweep(sweep, (a, b))
+    source, what = kimi_source(pair, {k: laws[k] for k in (a, b)}, convention)
+    echo(f"Kimi-style chart ({b} vs {a})")
+    kimi = plots.plot_kimi_style(source, fig_dir / f"kimi_style_{b}_vs_{a}", baseline=a, improved=b,
+                                 convention=convention, budgets=budgets,
+                                 C_range=compute_range(pair, convention), bootstrap=bootstrap,
+                                 labels=sweep.arm_display, colours=sweep.arm_colour)
+    figures.append(kimi.paths[0])
+    blocks.append(Image(kimi.paths[0], f"Kimi-Linear-style chart, {name(b)} vs {name(a)}: {what}; "
+                                       "the arrow and box give the equal-loss compute ratio."))
+    if source is pair and kimi.multiplier is not None:
+        blocks += [Para("The same multiplier from the laws through final points (one point per run, "
+                        "as in the chart):"),
+                   Table(_HEADERS, tuple(_multiplier_rows(sweep, a, b, kimi.multiplier)))]
+
+
+_HEADERS = ("B vs A", "budget C (A)", "multiplier", "95% interval", "reading")
+
+
+def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, comps, laws, budgets, echo):
+    """Appends the multiplier table of every compared pair, then each pair drawn the way its
+    paper drew it (:mod:`analysis.report.pairs`)."""
     blocks.append(Heading(2, "Compute-efficiency multiplier"))
-    if not pairs:
+    if not comps:
         blocks.append(Para(f"The sweep has one arm ({sweep.arms[0]}): no multiplier and no "
                            "Kimi-style comparison."))
         return
@@ -107,46 +164,33 @@ def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs
                        "compute at which B's envelope law reaches the loss A's law reaches at C "
                        "(> 1: B needs less compute). Budgets in PFLOP/s-days, "
                        f"{CONVENTION_NAMES[convention]} FLOPs; interval: 95% bootstrap over runs."))
+    blocks.append(Para(PAIRS_RULE))
     rows = []
-    for a, b in pairs:
+    for c in comps:
+        a, b = c.baseline, c.improved
         if a not in laws or b not in laws:
             missing = a if a not in laws else b
             rows.append((f"{b} vs {a}", "–", "–", "–", f"no envelope law for {missing} (see Notes)"))
             continue
-        min_runs = min(len(sweep.by_arm(a)), len(sweep.by_arm(b)))
         echo(f"multiplier of {b} over {a} at {len(budgets)} budget(s)")
         m = fits.efficiency_multiplier(laws[a], laws[b], budgets=budgets)
-        common_L = (max(laws[a].L_range[0], laws[b].L_range[0]), min(laws[a].L_range[1], laws[b].L_range[1]))
-        for C, (r, lo, hi) in m.at.items():
-            L = float(laws[a](C))
-            verdict = multiplier_verdict(r, lo, hi, b, min_runs, sweep.arm_display)
-            if not (common_L[0] <= L <= common_L[1]):
-                verdict += "; extrapolated (loss outside both arms' fitted range)"
-            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", format_interval(lo, hi, min_runs),
-                         verdict))
-    blocks.append(Table(("B vs A", "budget C (A)", "multiplier", "95% interval", "reading"), tuple(rows)))
+        rows += _multiplier_rows(sweep, a, b, m, laws)
+    blocks.append(Table(_HEADERS, tuple(rows)))
 
-    a, b = pairs[0]
-    if len(laws) < 2 or a not in laws or b not in laws:
-        blocks.append(Para("No Kimi-style chart: fewer than two arms have a fitted law."))
-        return
-    C_range = compute_range(sweep, convention)
-    source, what = kimi_source(sweep, laws, convention)
-    echo(f"Kimi-style chart ({b} vs {a})")
-    kimi = plots.plot_kimi_style(source, fig_dir / "kimi_style", baseline=a, improved=b,
-                                 convention=convention, budgets=budgets, C_range=C_range,
-                                 bootstrap=bootstrap, labels=sweep.arm_display, colours=sweep.arm_colour)
-    figures.append(kimi.paths[0])
-    name = lambda arm: plots.display_name(arm, sweep.arm_display)  # noqa: E731
-    blocks.append(Image(kimi.paths[0], f"Kimi-Linear-style chart, {name(b)} vs "
-                                       f"{name(a)}: {what}; the arrow and box give "
-                                       "the equal-loss compute ratio."))
-    if source is sweep and kimi.multiplier is not None:
-        rows = []
-        min_runs = min(len(sweep.by_arm(a)), len(sweep.by_arm(b)))
-        for C, (r, lo, hi) in kimi.multiplier.at.items():
-            rows.append((f"{b} vs {a}", fmt(C), f"{r:.3f}x", format_interval(lo, hi, min_runs),
-                         multiplier_verdict(r, lo, hi, b, min_runs, sweep.arm_display)))
-        blocks += [Para("The same multiplier from the laws through final points (one point per run, "
-                        "as in the chart):"),
-                   Table(("B vs A", "budget C (A)", "multiplier", "95% interval", "reading"), tuple(rows))]
+    moba_groups: dict[str, list] = {}
+    for c in comps:
+        if c.style == MOBA_STYLE:
+            moba_groups.setdefault(c.baseline, []).append(c)
+    for base, group in moba_groups.items():
+        _moba_chart(blocks, figures, sweep, fig_dir, convention, group, base)
+    for c in comps:
+        if c.style != MOBA_STYLE:
+            _kimi_chart(blocks, figures, sweep, fig_dir, convention, bootstrap, c, laws, budgets, echo)
+
+
+PAIRS_RULE = ("Pairs compared by default, the papers' own: every MoBA arm against full attention "
+              "(drawn as MoBA's Figure 3: loss vs compute, each run's curve and dashed projections), "
+              "Kimi Linear against MLA (drawn as Kimi Linear's chart: final loss per run, fitted "
+              "laws, the equal-loss compute arrow), MLA against full attention, and any other arm "
+              "against full attention (else MLA); an arm whose paper baseline is missing is "
+              "compared with that fallback. `--baseline` / `--improved` override the pairs.")

@@ -1,9 +1,12 @@
 """Position-wise section: one law per position bucket and arm (MoBA Table 3)."""
 from __future__ import annotations
 
-from analysis import plots, position
+import warnings
+
+from analysis import fits, plots, position
 from analysis.report.blocks import Bullets, Heading, Image, Para, Table, fmt, fmt_ci
-from analysis.units import CONVENTION_NAMES
+from analysis.results import AnalysisError
+from analysis.units import CONVENTION_NAMES, CONVENTIONS, LOSS_UNIT
 
 
 def add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo):
@@ -36,10 +39,30 @@ def add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, ec
     figures.append(res.paths[0])
     blocks.append(Image(res.paths[0], "Loss per position bucket vs compute, one panel per bucket; "
                                       f"dashed: fitted power laws. Setting: {pos.setting.describe()}."))
-    rows = []
-    for label, per_arm in res.fits.items():
-        for arm, law in per_arm.items():
-            rows.append((label, arm, fmt_ci(law.a, law.a_ci), fmt_ci(law.b, law.b_ci, 3),
-                         str(len(law.residuals)), fmt(law.rmse)))
-    blocks.append(Table(("bucket", "arm", "a [95% CI]", "b [95% CI]", "runs", "residual RMS (log)"),
-                        tuple(rows)))
+    rows = [(label, arm, CONVENTION_NAMES[convention], fmt_ci(law.a, law.a_ci),
+             fmt_ci(law.b, law.b_ci, 3), str(len(law.residuals)), fmt(law.rmse))
+            for label, per_arm in res.fits.items() for arm, law in per_arm.items()]
+    for conv in CONVENTIONS:
+        if conv != convention:
+            rows += _other_rows(sweep, conv, pos.setting, bootstrap)
+    blocks.append(Table(("bucket", "arm", "FLOPs", "a [95% CI]", "b [95% CI]", "runs",
+                         "residual RMS (log)"), tuple(rows)))
+    blocks.append(Para(f"Each law on both FLOP conventions' axes; the figure uses "
+                       f"{CONVENTION_NAMES[convention]} FLOPs. Losses in {LOSS_UNIT}."))
+
+
+def _other_rows(sweep, convention, setting, bootstrap):
+    """The per-bucket laws on ``convention``'s axis (same runs and setting), as table rows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # the figure's own pass already reported
+        data, _ = position.fittable(position.load_position_evals(sweep, convention, setting).bucket_data)
+        rows = []
+        for label, per_arm in data.items():
+            for arm, (C, L) in per_arm.items():
+                try:
+                    law = fits.fit_power_law(C, L, bootstrap=bootstrap)
+                except AnalysisError:
+                    continue
+                rows.append((label, arm, CONVENTION_NAMES[convention], fmt_ci(law.a, law.a_ci),
+                             fmt_ci(law.b, law.b_ci, 3), str(len(law.residuals)), fmt(law.rmse)))
+    return rows
