@@ -19,6 +19,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -75,6 +76,15 @@ def config_fingerprint(config) -> str:
     for k in mx.LOGGING_FIELDS:
         keep["train"].pop(k, None)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@jax.jit
+def _first_non_finite(seen, loss, step):
+    """``(step, loss)`` of the first step whose train loss was not finite (step -1: none
+    yet), updated on the device so the loop never waits for the host."""
+    bad_step, bad_loss = seen
+    new = (bad_step < 0) & ~jnp.isfinite(loss)
+    return (jnp.where(new, step, bad_step), jnp.where(new, loss, bad_loss))
 
 
 def _global_batch(local: dict, sharding) -> dict:
@@ -214,17 +224,28 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         last_val, loss = None, None
         t_interval, tokens_interval = time.perf_counter(), 0
         step = start_step
+        # The NaN/inf guard stays on the device; the host reads it (and the metrics) only
+        # where it must: at log, evaluation and checkpoint steps, so steps dispatch
+        # asynchronously in between. A non-finite step is never checkpointed.
+        seen = (jnp.asarray(-1, jnp.int32), jnp.asarray(0.0, jnp.float32))
         try:
             while step < length.steps:
                 batch = _global_batch(next(train_iter), batch_sh)
                 state, m = train_fns[phase(step + 1)](state, batch)
                 step += 1
                 tokens_interval += length.tokens_per_step
-                loss = float(m["train_loss"])
-                if not np.isfinite(loss):
-                    raise TrainingDivergedError(_diverged_message(step, loss, t, ckpt))
+                seen = _first_non_finite(seen, m["train_loss"], step)
                 is_eval = step in evals
-                if step % t.log_every == 0 or is_eval or step == length.steps:
+                preempted = distributed.preemption_requested(step) and step < length.steps
+                log_now = step % t.log_every == 0 or is_eval or step == length.steps
+                save_now = step % t.checkpoint_every == 0 or step == length.steps or preempted
+                if log_now or save_now:
+                    bad_step = int(seen[0])
+                    if bad_step >= 0:
+                        raise TrainingDivergedError(
+                            _diverged_message(bad_step, float(seen[1]), t, ckpt))
+                    loss = float(m["train_loss"])
+                if log_now:
                     elapsed = time.perf_counter() - t_interval
                     rec = {"step": step, "tokens": step * length.tokens_per_step}
                     rec.update({f"flops_{c}": v for c, v in length.flops_at(step).items()})
@@ -242,8 +263,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                     t_interval, tokens_interval = time.perf_counter(), 0
                 if bar is not None:
                     bar.update(1)
-                preempted = distributed.preemption_requested(step) and step < length.steps
-                if step % t.checkpoint_every == 0 or step == length.steps or preempted:
+                if save_now:
                     meta = {"step": step, "fingerprint": fingerprint, "tokens": step * length.tokens_per_step,
                             **{f"flops_{c}": v for c, v in length.flops_at(step).items()}}
                     ckpt.save(step, state, train_iter.get_state(), meta)
