@@ -47,12 +47,19 @@ def test_notebook_runs_on_tiny_sweep(tiny_sweep_dir, tmp_path, monkeypatch):
         assert run.run in everything                  # the runs table
     assert "PFLOP/s-days" in everything and "L = " in everything
     assert len(sweep.arms) >= 2, "the tiny sweep is meant to compare arms"
-    base = report.default_baseline(sweep.arms)
-    assert f"over {base} (envelope laws)" in everything  # the multiplier
+    from analysis.report.pairs import KIMI_STYLE, choose_comparisons
+    comps = choose_comparisons(sweep.arms, labels=sweep.arm_display)   # the report's pairs
+    assert comps, "the tiny sweep's arms make a papers' pair"
+    base = comps[0].baseline
+    for comp in comps:
+        assert f"{comp.improved} over {comp.baseline} (envelope laws)" in everything
+
     if any(report.chinchilla_skip_reason(sweep, a) for a in sweep.arms):
         assert "no Chinchilla fit" in everything      # skipped, with the reason
     images = sum("image/png" in o.get("data", {}) for c in code for o in c.get("outputs", []))
-    assert images >= 2                                # loss-vs-compute and Kimi-style charts
+    # loss vs compute, and a Kimi-style chart per Kimi-style pair (MoBA vs full is drawn
+    # MoBA's way, as the loss-vs-compute figure)
+    assert images >= 1 + sum(c.style == KIMI_STYLE for c in comps)
     assert (tmp_path / "figures" / "report" / "report.html").is_file()
     assert not (tiny_sweep_dir / "notebook_figures").exists()
 
@@ -60,7 +67,7 @@ def test_notebook_runs_on_tiny_sweep(tiny_sweep_dir, tmp_path, monkeypatch):
     # wrote (same sweep, same bootstrap) appear in its printed lines with the same interval
     # cell ("–" where there is none or it means nothing), and no zero-width interval shows.
     md = (tmp_path / "figures" / "report" / "report.md").read_text()
-    improved = next(a for a in sweep.arms if a != base)
+    improved = comps[0].improved
     rows = [[c.strip() for c in l.strip("|").split("|")] for l in md.splitlines()
             if l.startswith(f"| {improved} vs {base} |")][:len(report.default_budgets(sweep))]
     assert rows, md
