@@ -88,17 +88,17 @@ def parse_flags(argv: list[str]) -> list[str]:
             flag = message.split(":", 1)[0]
             _fail(f"{flag}: the config file raised {_config_load_error(message)}")
         _fail(f"{' '.join(message.split())}; see --helpshort for the flags")
-    for name in ("config",):
-        if name in flags.FLAGS and flags.FLAGS[name].present:
-            try:
-                getattr(flags.FLAGS[name].value, "keys", None)
-            except OSError as e:
-                # ml_collections defers a missing config file's error to the first use.
-                errno = re.search(r"\[Errno \d+\] ([^:\n]+)", str(e))
-                problem = errno.group(1) if errno else _config_load_error(str(e))
-                _fail(f"--{name}={flags.FLAGS[name].config_filename}: cannot load the config "
-                      f"file ({problem}); give a path relative to the current directory, "
-                      "e.g. configs/scaling.py")
+    config = flags.FLAGS["config"] if "config" in flags.FLAGS else None
+    if config is not None and config.present:
+        try:
+            getattr(config.value, "keys", None)
+        except OSError as e:
+            # ml_collections defers a missing config file's error to the first use.
+            errno = re.search(r"\[Errno \d+\] ([^:\n]+)", str(e))
+            problem = errno.group(1) if errno else _config_load_error(str(e))
+            _fail(f"--config={config.config_filename}: cannot load the config file "
+                  f"({problem}); give a path relative to the current directory, "
+                  "e.g. configs/scaling.py")
     return rest
 
 
