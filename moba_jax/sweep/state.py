@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 
-from moba_jax import jsonfiles, units
+from moba_jax import fileio, jsonfiles, units
 from moba_jax.sweep import claims
 from moba_jax.sweep.plan import (RunPlan, SweepChangedError, SweepConfigError, changed_fields,
                                  format_fields, pinned_part, sweep_fingerprint)
@@ -39,16 +38,8 @@ def check_sweep_dir(cfg, workdir: str, create: bool = True) -> None:
     if not os.path.exists(path):
         if not create:
             return
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"fingerprint": fingerprint, "config": cfg.to_dict()}, f, indent=2,
-                      sort_keys=True, default=str)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
+        fileio.write_json(path, {"fingerprint": fingerprint, "config": cfg.to_dict()},
+                          exclusive=True)
     old = jsonfiles.load(path, SweepConfigError, _SWEEP_JSON_FIX)
     if old.get("fingerprint") != fingerprint:
         fields = changed_fields(pinned_part(old.get("config", {})), pinned_part(cfg.to_dict()))
