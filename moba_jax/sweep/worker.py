@@ -24,7 +24,6 @@ from moba_jax.sweep.plan import SweepChangedError, format_plan, plan_sweep
 from moba_jax.sweep.results import collect_results, write_results
 from moba_jax.sweep.state import (check_sweep_dir, checkpoint_step, claims_dir, last_logged,
                                   record, run_states)
-from moba_jax.train import metrics as mx
 
 log = logging.getLogger("moba_jax")
 
@@ -229,9 +228,9 @@ def run_sweep(cfg, workdir: str, *, dry_run: bool = False, echo=print,
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 msg = f"{type(e).__name__}: {first}"   # one line, whole
                 if main:   # the traceback is kept with the run, not printed
-                    mx.write_json_atomic(os.path.join(run_dir, "failed.json"),
-                                         {"error": msg, "worker": worker, "time": time.time(),
-                                          "traceback": traceback.format_exc()})
+                    fileio.write_json(os.path.join(run_dir, "failed.json"),
+                                      {"error": msg, "worker": worker, "time": time.time(),
+                                       "traceback": traceback.format_exc()})
                     record(run_dir, "failed", worker, error=msg)
                 say(f"{tag}: FAILED ({msg}); moving on")
                 continue

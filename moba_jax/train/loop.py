@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from moba_jax import distributed
+from moba_jax import distributed, fileio
 from moba_jax import sharding as shd
 from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
@@ -194,7 +194,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                         "attention_kinds": kind_sources(layer_kinds(config.model)),
                         "devices": jax.device_count(), "processes": jax.process_count(),
                         "data": data.stats}
-            mx.write_json_atomic(os.path.join(workdir, "config.json"), resolved)
+            fileio.write_json(os.path.join(workdir, "config.json"), resolved)
 
         train_fns = [stp.jit_train_step(spec, tx, schedule, t.grad_accum, state_sh, batch_sh)]
         eval_fns = [stp.jit_eval_step(spec, state_sh["params"], batch_sh)]
@@ -288,6 +288,6 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         vals = [r["val_loss"] for r in mx.read_metrics(writer.path) if "val_loss" in r]
         summary["final_val_loss"] = vals[-1] if vals else None
     if is_main:
-        mx.write_json_atomic(os.path.join(workdir, "result.json"), summary)
+        fileio.write_json(os.path.join(workdir, "result.json"), summary)
     ckpt.close()
     return RunResult(workdir, length.steps, length.tokens, summary["final_val_loss"], summary)

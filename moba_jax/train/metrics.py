@@ -159,7 +159,3 @@ def read_metrics(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(l) for l in f if l.strip()]
 
-
-def write_json_atomic(path: str, obj) -> None:
-    """``path`` holds ``obj`` as JSON, whole, or is left as it was (:mod:`moba_jax.fileio`)."""
-    fileio.write_json(path, obj)
