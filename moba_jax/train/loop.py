@@ -92,13 +92,22 @@ def _global_batch(local: dict, sharding) -> dict:
             for k in stp.BATCH_KEYS}
 
 
-def evaluate(eval_fn, params, val_batches, batch_sharding) -> float:
+def evaluate_with_se(eval_fn, params, val_batches, batch_sharding) -> tuple[float, float | None]:
+    """The validation loss (token-weighted mean over ``val_batches``) and its standard
+    error over sequences (:func:`step.sequence_standard_error`). Every batch is
+    dispatched first; the outputs reach the host in one fetch at the end."""
+    outs = jax.device_get([eval_fn(params, _global_batch(b, batch_sharding)) for b in val_batches])
     total, count = 0.0, 0.0
-    for b in val_batches:
-        s, n = eval_fn(params, _global_batch(b, batch_sharding))
+    for s, n, _, _ in outs:
         total += float(s)
         count += float(n)
-    return total / max(count, 1.0)
+    se = stp.sequence_standard_error([o[2] for o in outs], [o[3] for o in outs])
+    return total / max(count, 1.0), se
+
+
+def evaluate(eval_fn, params, val_batches, batch_sharding) -> float:
+    """The validation loss alone (:func:`evaluate_with_se`)."""
+    return evaluate_with_se(eval_fn, params, val_batches, batch_sharding)[0]
 
 
 def _validate(config, n_devices_data: int) -> None:
@@ -221,7 +230,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                        unit="step", file=sys.stderr, dynamic_ncols=True, leave=not tty,
                        mininterval=0.5 if tty else 30.0)
 
-        last_val, loss = None, None
+        last_val, last_se, loss = None, None, None
         t_interval, tokens_interval = time.perf_counter(), 0
         step = start_step
         # The NaN/inf guard stays on the device; the host reads it (and the metrics) only
@@ -255,8 +264,9 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                                mfu=(tps * fpt[phase(step)]["exact"] / (peak * jax.device_count())
                                     if peak else None))
                     if is_eval:
-                        last_val = evaluate(eval_fns[phase(step)], state["params"], val_batches, batch_sh)
-                        rec["val_loss"] = last_val
+                        last_val, last_se = evaluate_with_se(eval_fns[phase(step)], state["params"],
+                                                             val_batches, batch_sh)
+                        rec.update(val_loss=last_val, val_loss_se=last_se)
                     writer.write(rec)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.3f}", val=f"{last_val:.3f}" if last_val else "-")
@@ -277,6 +287,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                 bar.close()
 
     summary = {"steps": length.steps, "tokens": length.tokens, "final_val_loss": last_val,
+               "final_val_loss_se": last_se,
                "final_train_loss": loss,
                "n_params": counts["total"], "n_params_nonembed": counts["non_embedding"],
                "budget_flops": length.budget_flops, "convention": length.convention,
@@ -285,8 +296,9 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                **{f"flops_{c}": v for c, v in length.flops_at(length.steps).items()},
                "unigram_entropy_nats": data.stats.get("unigram_entropy_nats")}
     if last_val is None:  # resumed at the very end: read the last logged validation loss
-        vals = [r["val_loss"] for r in mx.read_metrics(writer.path) if "val_loss" in r]
-        summary["final_val_loss"] = vals[-1] if vals else None
+        vals = [r for r in mx.read_metrics(writer.path) if "val_loss" in r]
+        summary["final_val_loss"] = vals[-1]["val_loss"] if vals else None
+        summary["final_val_loss_se"] = vals[-1].get("val_loss_se") if vals else None
     if is_main:
         fileio.write_json(os.path.join(workdir, "result.json"), summary)
     ckpt.close()

@@ -5,6 +5,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -58,8 +59,13 @@ def train_step(state, batch, *, spec, tx, schedule, grad_accum: int):
 
 
 def eval_step(params, batch, *, spec):
-    """Summed validation loss and token count of one batch."""
-    return _sum_loss(spec, params, batch)
+    """Summed validation loss and token count of one batch, then the same per sequence
+    (row): ``(loss_sum, n, row_loss_sums [B], row_counts [B])``. The batch totals are
+    computed exactly as the training loss is, so the validation loss does not depend on
+    the per-row outputs; those feed :func:`sequence_standard_error`."""
+    losses, mask = token_losses(spec, params, batch)
+    return (jnp.sum(losses * mask), jnp.sum(mask),
+            jnp.sum(losses * mask, axis=1), jnp.sum(mask, axis=1))
 
 
 def jit_train_step(spec, tx, schedule, grad_accum, state_sharding, batch_sharding):
@@ -69,5 +75,30 @@ def jit_train_step(spec, tx, schedule, grad_accum, state_sharding, batch_shardin
 
 
 def jit_eval_step(spec, param_sharding, batch_sharding):
+    # The per-row outputs come back replicated: every process can read them whole.
+    rows = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(functools.partial(eval_step, spec=spec),
-                   in_shardings=(param_sharding, batch_sharding))
+                   in_shardings=(param_sharding, batch_sharding),
+                   out_shardings=(None, None, rows, rows))
+
+
+def sequence_standard_error(row_loss_sums, row_counts) -> float | None:
+    """Standard error of the token-weighted mean loss ``sum(s) / sum(n)`` over sequences.
+
+    Sequences, not tokens, are the independent units (tokens of one sequence share its
+    document, so their losses are correlated; a per-token SE would be too small). The
+    mean is a ratio over clusters, whose standard error is
+    ``sqrt(k / (k - 1) * sum((s_i - mean * n_i)^2)) / sum(n_i)`` over the ``k`` rows with
+    loss tokens (``s_i``: a row's summed loss, ``n_i``: its loss tokens; all-PAD fill rows
+    are left out). When every row has the same number of tokens this is
+    ``std(per-row mean, ddof=1) / sqrt(k)``. ``None`` with fewer than two such rows.
+    Host-side, in float64.
+    """
+    s = np.asarray(row_loss_sums, np.float64).ravel()
+    n = np.asarray(row_counts, np.float64).ravel()
+    s, n = s[n > 0], n[n > 0]
+    k = len(n)
+    if k < 2:
+        return None
+    mean = s.sum() / n.sum()
+    return float(np.sqrt(k / (k - 1) * np.sum((s - mean * n) ** 2)) / n.sum())
