@@ -8,6 +8,12 @@
 - ``"xla"``: ``jax.nn.dot_product_attention(is_causal=True)`` which picks the
   best backend path (the default).
 - ``"cudnn"``: the same call with ``implementation="cudnn"`` (GPU only).
+- ``"blocked"``: queries in blocks of ``query_block``; block ``i`` scores only keys
+  ``0 .. (i+1) * query_block - 1``, so the fully masked upper blocks are never
+  computed (``(n+1) / 2n`` of the dense work for ``n`` blocks) and each block's score
+  matrix is small enough to stay in cache. Exact (same softmax per query). The fast
+  path on CPU: at T=1024, B=8, 2 heads of 64 its forward+backward took 0.24 s against
+  0.82 s for ``"xla"`` (``/tmp`` micro-benchmark, 2-core machine, busy at the time).
 """
 from __future__ import annotations
 
@@ -17,10 +23,10 @@ from flax import nnx
 
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
-from moba_jax.checks import one_of
+from moba_jax.checks import one_of, positive
 from moba_jax.sharding import constrain
 
-IMPLEMENTATIONS = ("reference", "xla", "cudnn")
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "blocked")
 
 
 # --- accounting shared by the softmax attentions with q, k, v, o projections ----
@@ -55,9 +61,51 @@ def causal_attention_reference(q_BTHD, k_BTKD, v_BTKD, *, scale=None):
     return o.reshape(b, t, hq, d).astype(q_BTHD.dtype)
 
 
-def causal_attention(q, k, v, *, implementation: str = "xla", scale=None):
+def blocked_key_counts(seq_len: int, query_block: int) -> list[tuple[int, int]]:
+    """``(queries, keys)`` per query block of the ``"blocked"`` path: block ``i`` holds
+    ``min(query_block, T - i*query_block)`` queries and scores the keys up to its end."""
+    return [(min(query_block, seq_len - i), min(i + query_block, seq_len))
+            for i in range(0, seq_len, query_block)]
+
+
+def compiled_keys_per_query(opts, seq_len: int) -> float:
+    """Mean keys scored per query by the configured path: ``T`` for the dense paths, the
+    key prefix of each query's block for ``"blocked"``."""
+    if opts.get("implementation", "xla") != "blocked":
+        return float(seq_len)
+    pairs = blocked_key_counts(seq_len, int(opts.get("query_block", 256)))
+    return sum(n_q * n_k for n_q, n_k in pairs) / seq_len
+
+
+def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = 256, scale=None):
+    """Causal GQA attention in query blocks that skip the keys after each block's end.
+
+    Heads go to the front once (``[B, Hkv, G, T, D]``) so the block matmuls and the
+    softmax run on contiguous ``[block, keys]`` tiles; the float32 softmax of each
+    block is exact, so this equals :func:`causal_attention_reference`.
+    """
+    b, t, hq, d = q_BTHD.shape
+    hkv = k_BTKD.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    q_BKGTD = (q_BTHD * scale).reshape(b, t, hkv, hq // hkv, d).transpose(0, 2, 3, 1, 4)
+    k_BKTD, v_BKTD = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
+    outs = []
+    for start, (n_q, n_k) in zip(range(0, t, query_block), blocked_key_counts(t, query_block)):
+        s = jnp.einsum("bkgqd,bkld->bkgql", q_BKGTD[:, :, :, start:start + n_q], k_BKTD[:, :, :n_k],
+                       preferred_element_type=jnp.float32)
+        visible = jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None]
+        p = jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1)
+        outs.append(jnp.einsum("bkgql,bkld->bkgqd", p.astype(v_BKTD.dtype), v_BKTD[:, :, :n_k],
+                               preferred_element_type=jnp.float32))
+    o_BKGTD = jnp.concatenate(outs, axis=3)
+    return o_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, d).astype(q_BTHD.dtype)
+
+
+def causal_attention(q, k, v, *, implementation: str = "xla", scale=None, query_block: int = 256):
     if implementation == "reference":
         return causal_attention_reference(q, k, v, scale=scale)
+    if implementation == "blocked":
+        return causal_attention_blocked(q, k, v, query_block=query_block, scale=scale)
     if implementation in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=True, scale=scale,
@@ -155,26 +203,34 @@ class FullAttention(QKVOAttention):
 
     @staticmethod
     def default_options() -> dict:
-        return dict(implementation="xla", rope=True)
+        return dict(implementation="xla", rope=True, query_block=256)
 
     @staticmethod
     def check_options(cfg) -> None:
-        """Raises :class:`~moba_jax.checks.ConfigError` for an unknown implementation."""
+        """Raises :class:`~moba_jax.checks.ConfigError` for an unknown implementation or a
+        non-positive ``query_block``."""
         one_of("model.attention.full.implementation", str(cfg.attention.full.implementation),
                IMPLEMENTATIONS)
+        positive("model.attention.full.query_block", cfg.attention.full.get("query_block", 256),
+                 "give the blocked path's query block length, e.g. 256", integer=True)
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
         """Projections plus ``QK^T`` and ``PV`` (``2 head_dim`` each per query head and key):
         over the ``(T+1)/2`` causal keys ("exact"), over all ``T`` keys as the dense
-        program computes them ("compiled")."""
-        keys = seq_len if convention == "compiled" else causal_pairs_per_token(seq_len)
+        program computes them, or up to each query block's end on the blocked path
+        ("compiled")."""
+        keys = causal_pairs_per_token(seq_len)
+        if convention == "compiled":
+            keys = compiled_keys_per_query(cfg.attention.full, seq_len)
         return qkvo_flops(cfg) + 4.0 * cfg.head_dim * cfg.n_heads * keys
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
         self.implementation = cfg.attention.full.implementation
+        self.query_block = int(cfg.attention.full.get("query_block", 256))
         FullAttention.check_options(cfg)
 
     def attend(self, q, k, v):
-        return causal_attention(q, k, v, implementation=self.implementation)
+        return causal_attention(q, k, v, implementation=self.implementation,
+                                query_block=self.query_block)
