@@ -37,3 +37,15 @@ def test_blocked_compiled_keys():
              - accounting.forward_flops_per_token(cfg, 1024, "compiled")["attention"])
     # At least the two score matmuls' share of the 384 keys per query it skips.
     assert saved >= cfg.n_layers * 4.0 * cfg.head_dim * cfg.n_heads * (1024 - 640)
+
+
+def test_mla_blocked_equals_reference_with_wider_keys():
+    from moba_jax.attention.mla import latent_attention
+    keys = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(keys[0], (2, 200, 3, 24))     # keys 24 wide (16 + 8 rope), values 16
+    k = jax.random.normal(keys[1], (2, 200, 3, 24))
+    v = jax.random.normal(keys[2], (2, 200, 3, 16))
+    ref = latent_attention(q, k, v, scale=0.2, implementation="reference")
+    blk = latent_attention(q, k, v, scale=0.2, implementation="blocked", query_block=64)
+    assert blk.shape == ref.shape
+    assert jnp.allclose(blk, ref, rtol=1e-5, atol=1e-6)

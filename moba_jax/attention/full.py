@@ -84,10 +84,10 @@ def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = 256, 
     softmax run on contiguous ``[block, keys]`` tiles; the float32 softmax of each
     block is exact, so this equals :func:`causal_attention_reference`.
     """
-    b, t, hq, d = q_BTHD.shape
+    b, t, hq, e = q_BTHD.shape                    # keys may be wider than values (MLA)
     hkv = k_BTKD.shape[2]
-    scale = d ** -0.5 if scale is None else scale
-    q_BKGTD = (q_BTHD * scale).reshape(b, t, hkv, hq // hkv, d).transpose(0, 2, 3, 1, 4)
+    scale = e ** -0.5 if scale is None else scale
+    q_BKGTD = (q_BTHD * scale).reshape(b, t, hkv, hq // hkv, e).transpose(0, 2, 3, 1, 4)
     k_BKTD, v_BKTD = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
     outs = []
     for start, (n_q, n_k) in zip(range(0, t, query_block), blocked_key_counts(t, query_block)):
@@ -98,7 +98,7 @@ def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = 256, 
         outs.append(jnp.einsum("bkgql,bkld->bkgqd", p.astype(v_BKTD.dtype), v_BKTD[:, :, :n_k],
                                preferred_element_type=jnp.float32))
     o_BKGTD = jnp.concatenate(outs, axis=3)
-    return o_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, d).astype(q_BTHD.dtype)
+    return o_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, -1).astype(v_BTKD.dtype)
 
 
 def causal_attention(q, k, v, *, implementation: str = "xla", scale=None, query_block: int = 256):

@@ -22,7 +22,9 @@ Options (``cfg.attention.mla``):
   comes from the KDA layers of the hybrid);
 - ``implementation``: ``"xla"`` (``jax.nn.dot_product_attention``; it needs one
   head width for q, k and v, so v is zero-padded from ``d_h`` to ``d_h + d_r`` and
-  the padding sliced off the output: the compiled FLOP count charges it) or
+  the padding sliced off the output: the compiled FLOP count charges it),
+  ``"blocked"`` (query blocks of ``query_block`` that skip the masked upper blocks,
+  no padding; the fast path on CPU, see ``moba_jax/attention/full.py``) or
   ``"reference"`` (plain float32 softmax attention, the oracle).
 
 Heads and widths come from the model config: ``cfg.n_heads`` heads of
@@ -36,12 +38,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from moba_jax import layers
-from moba_jax.attention.full import causal_pairs_per_token
+from moba_jax.attention.full import (causal_attention_blocked, causal_pairs_per_token,
+                                     compiled_keys_per_query)
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, at_least, one_of, positive
 from moba_jax.sharding import constrain
 
-IMPLEMENTATIONS = ("reference", "xla")
+IMPLEMENTATIONS = ("reference", "xla", "blocked")
 
 
 def latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, *, scale: float):
@@ -55,9 +58,13 @@ def latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, *, scale: float):
     return o.astype(v_BTHD.dtype)
 
 
-def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: str = "xla"):
+def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: str = "xla",
+                     query_block: int = 256):
     if implementation == "reference":
         return latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, scale=scale)
+    if implementation == "blocked":
+        return causal_attention_blocked(q_BTHE, k_BTHE, v_BTHD, scale=scale,
+                                        query_block=query_block)
     if implementation == "xla":
         e, d = q_BTHE.shape[-1], v_BTHD.shape[-1]
         v = jnp.pad(v_BTHD, [(0, 0)] * 3 + [(0, e - d)]) if e > d else v_BTHD
@@ -108,7 +115,7 @@ class MLAttention(nnx.Module):
     @staticmethod
     def default_options() -> dict:
         return dict(kv_latent_dim=64, rope_dim=16, q_latent_dim=0, rope=True,
-                    implementation="xla")
+                    implementation="xla", query_block=256)
 
     @staticmethod
     def check_options(cfg) -> None:
@@ -127,6 +134,8 @@ class MLAttention(nnx.Module):
         at_least(f"{at}.q_latent_dim", o.q_latent_dim, 0, "give the query latent width, or 0 "
                  "for a direct query projection", integer=True)
         one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)
+        positive(f"{at}.query_block", o.get("query_block", 256), "give the blocked path's query "
+                 "block length, e.g. 256", integer=True)
 
     @staticmethod
     def param_count(cfg) -> int:
@@ -136,14 +145,15 @@ class MLAttention(nnx.Module):
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
         """QK^T over ``head_dim + rope_dim`` and PV over ``head_dim`` per (head, key) pair.
 
-        "compiled": every path scores all ``T`` keys; the xla path zero-pads v to
+        "compiled": the dense paths score all ``T`` keys, the blocked path each query
+        block's key prefix; the xla path zero-pads v to
         ``head_dim + rope_dim`` (``jax.nn.dot_product_attention`` needs one width), so
         its PV product is that wide too.
         """
         h, hd = cfg.n_heads, cfg.head_dim
         _, dr, _ = _mla_dims(cfg)
         if convention == "compiled":
-            keys = seq_len
+            keys = compiled_keys_per_query(cfg.attention.mla, seq_len)
             pv = hd + dr if cfg.attention.mla.implementation == "xla" else hd
         else:
             keys, pv = causal_pairs_per_token(seq_len), hd
@@ -158,6 +168,7 @@ class MLAttention(nnx.Module):
         self.q_latent_dim = dq = int(opts.q_latent_dim)
         self.use_rope = bool(opts.rope)
         self.implementation = str(opts.implementation)
+        self.query_block = int(opts.get("query_block", 256))
         self.rope_theta = float(cfg.rope_theta)
         MLAttention.check_options(cfg)
         dtype = jnp.dtype(cfg.dtype)
@@ -215,7 +226,8 @@ class MLAttention(nnx.Module):
         q = constrain(q, ("batch", "seq", "q_heads", "head_dim"))
         k = constrain(k, ("batch", "seq", "q_heads", "head_dim"))
         v = constrain(v, ("batch", "seq", "q_heads", "head_dim"))
-        o = latent_attention(q, k, v, scale=self.scale, implementation=self.implementation)
+        o = latent_attention(q, k, v, scale=self.scale, implementation=self.implementation,
+                             query_block=int(self.query_block))
         return self.wo(constrain(o, ("batch", "seq", "q_heads", "head_dim")))
 
     # --- incremental decoding -------------------------------------------------
