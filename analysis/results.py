@@ -8,7 +8,9 @@ A sweep directory, as written by the sweep runner, looks like::
                                ``arm_colour`` colormap for figures, ...)
     DIR/<run>/metrics.jsonl    one JSON object per logged step; ``val_loss`` appears only
                                on evaluation steps, next to the cumulative FLOPs so far
-                               in both conventions (``flops_exact``, ``flops_6nd``)
+                               in both conventions (``flops_exact``, ``flops_6nd``) and,
+                               in runs trained since it existed, the loss's standard
+                               error over the held-out sequences (``val_loss_se``)
 
 Usage from a notebook::
 
@@ -33,15 +35,9 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from analysis import arm_style
+from analysis.records import (AnalysisError, AnalysisWarning,  # noqa: F401  (re-exported)
+                              finite as _finite, json_error, read_jsonl as _read_jsonl)
 from analysis.units import CONVENTIONS, FLOPS_PER_PFLOP_S_DAY  # noqa: F401  (re-exported)
-
-
-class AnalysisError(ValueError):
-    """A problem with the inputs of an analysis; the message names it and the fix."""
-
-
-class AnalysisWarning(UserWarning):
-    """Something was skipped or extrapolated; the analysis continued without it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +61,9 @@ class RunCurve:
     budget_flops: float | None = None
     budget_convention: str | None = None
     final_val_loss: float | None = None
+    # Standard error of each evaluation's loss over its held-out sequences (NaN where none
+    # was logged); None for a run that logged none (trained before ``val_loss_se`` existed).
+    val_loss_se: np.ndarray | None = None
 
     def compute(self, convention: str = "exact") -> np.ndarray:
         """Cumulative compute at each evaluation, in PFLOP/s-days."""
@@ -86,6 +85,12 @@ class RunCurve:
         if self.final_val_loss is not None:
             return float(self.final_val_loss)
         return float(self.val_loss[-1])
+
+    @property
+    def final_se(self) -> float | None:
+        """Standard error of the last evaluation's loss; None when it was not logged."""
+        ok = self.val_loss_se is not None and np.isfinite(self.val_loss_se[-1])
+        return float(self.val_loss_se[-1]) if ok else None
 
     def final_compute(self, convention: str = "exact") -> float:
         """Compute at the last evaluation, in PFLOP/s-days."""
@@ -190,38 +195,6 @@ def _arm_styles(rows: Iterable[Mapping], where) -> tuple[dict[str, str], dict[st
     return found["arm_display"], found["arm_colour"]
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def json_error(path, e: json.JSONDecodeError, line: int | None = None) -> str:
-    """``PATH is not valid JSON at line L column C (what is wrong)``: the whole message
-    (``e.msg`` alone can stop mid-sentence, "Invalid control character at"); ``line`` is
-    the file's line number of a JSON-lines record decoded on its own."""
-    what = e.msg.removesuffix(" at")
-    return f"{path} is not valid JSON at line {line or e.lineno} column {e.colno} ({what})"
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Parse a JSON-lines file; a truncated last line (a writer mid-flush) is dropped with a warning."""
-    lines = path.read_text().splitlines()
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == len(lines):
-                warnings.warn(f"{path}:{i}: ignoring truncated last line", AnalysisWarning, stacklevel=3)
-                continue
-            raise AnalysisError(f"{json_error(path, e, i)}; fix or delete that line") from None
-        if not isinstance(obj, dict):
-            raise AnalysisError(f"{path}:{i} is not a JSON object; each line must be one run/step record")
-        out.append(obj)
-    return out
-
-
 def _warn_skipped(skipped: Mapping[str, str], where) -> None:
     if skipped:
         listing = "; ".join(f"{k} ({v})" for k, v in skipped.items())
@@ -322,6 +295,8 @@ def _load_run(root: Path, name: str, rec: dict) -> RunCurve:
         if bad:
             raise _SkipRun(f"missing or non-finite {key} at step(s) {bad[:5]}")
         cols[key] = np.asarray(vals, dtype=float)
+    cols["val_loss_se"] = np.array([m["val_loss_se"] if _finite(m.get("val_loss_se")) else np.nan
+                                    for m in evals], dtype=float)
     order = np.argsort(cols["flops_exact"], kind="stable")
     cols = {k: v[order] for k, v in cols.items()}
     if np.any(cols["flops_exact"] <= 0) or np.any(cols["flops_6nd"] <= 0):
@@ -348,6 +323,7 @@ def _load_run(root: Path, name: str, rec: dict) -> RunCurve:
         budget_flops=opt("budget_flops", float),
         budget_convention=rec.get("convention"),
         final_val_loss=float(final),
+        val_loss_se=cols["val_loss_se"] if np.isfinite(cols["val_loss_se"]).any() else None,
     )
 
 
