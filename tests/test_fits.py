@@ -287,3 +287,35 @@ def test_fits_never_return_nan():
         warnings.simplefilter("error")
         f = fits.fit_power_law(C, 3 * C ** -0.1, bootstrap=50)
     assert np.all(np.isfinite([f.a, f.b, *f.a_ci, *f.b_ci]))
+
+
+# ------------------------------------------------------------------ envelope noise
+
+
+def test_expected_min_shift_matches_simulation_and_bound():
+    assert fits.expected_min_shift(1) == 0.0 and fits.min_shift_bound(1) == 0.0
+    assert fits.expected_min_shift(2) == pytest.approx(1 / np.sqrt(np.pi), rel=1e-9)
+    z = np.random.default_rng(0).standard_normal((200_000, 10))
+    for k in (3, 4, 10):
+        assert fits.expected_min_shift(k) == pytest.approx(-z[:, :k].min(1).mean(), abs=0.01)
+        assert fits.expected_min_shift(k) < fits.min_shift_bound(k)
+
+
+def test_envelope_noise_shift_of_runs_sharing_one_loss():
+    """Four runs with the same curve: every envelope point is a minimum over 4 noisy copies,
+    so the law moves down by about expected_min_shift(4) standard errors."""
+    C = np.geomspace(1e-3, 1.0, 12)
+    L = 3.0 * C ** -0.1
+    s = 0.003
+    curves = {f"r{i}": (C, L) for i in range(4)}
+    se = {r: np.full(len(C), s) for r in curves}
+    budgets = np.array([1e-2, 1e-1])
+    shift = fits.envelope_noise_shift(curves, se, budgets, sims=400, seed=0)
+    np.testing.assert_allclose(shift, -fits.expected_min_shift(4) * s, rtol=0.1)
+    # No noise, no shift; one run: no minimum over copies, no systematic shift.
+    zero = {r: np.zeros(len(C)) for r in curves}
+    np.testing.assert_allclose(fits.envelope_noise_shift(curves, zero, budgets, sims=5), 0, atol=1e-12)
+    one = fits.envelope_noise_shift({"r0": (C, L)}, {"r0": se["r0"]}, budgets, sims=400)
+    assert np.all(np.abs(one) < 0.25 * s)
+    with pytest.raises(AnalysisError, match="no standard errors"):
+        fits.envelope_noise_shift(curves, {"r0": se["r0"]}, budgets)

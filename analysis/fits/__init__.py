@@ -14,6 +14,7 @@ Conventions follow ``/work/shared/design/scaling.md`` exactly:
 One module per concern: :mod:`~analysis.fits.power_law` (envelope, ``a C^b``,
 ``E + A C^-alpha``), :mod:`~analysis.fits.chinchilla` (approach 3),
 :mod:`~analysis.fits.isoflop` (approach 2), :mod:`~analysis.fits.multiplier`,
+:mod:`~analysis.fits.noise` (how validation noise moves the envelope),
 :mod:`~analysis.fits.bootstrap` (resampling and intervals) and
 :mod:`~analysis.fits.inputs` (input checks); this package re-exports the public names.
 
@@ -32,6 +33,7 @@ from analysis.fits.chinchilla import (CHINCHILLA_GRID, ChinchillaFit, _chinchill
                                       fit_chinchilla)
 from analysis.fits.isoflop import IsoFlopFit, fit_isoflop
 from analysis.fits.multiplier import Multiplier, efficiency_multiplier
+from analysis.fits.noise import envelope_noise_shift, expected_min_shift, min_shift_bound
 from analysis.fits.power_law import (MIN_BOOTSTRAP_RUNS, Envelope, OffsetPowerLawFit, PowerLawFit,
                                      fit_envelope, fit_power_law, fit_power_law_offset,
                                      lower_envelope)
@@ -43,6 +45,7 @@ __all__ = [
     "lower_envelope",
     "PowerLawFit", "fit_power_law", "fit_envelope", "OffsetPowerLawFit", "fit_power_law_offset",
     "CHINCHILLA_GRID", "ChinchillaFit", "fit_chinchilla", "IsoFlopFit", "fit_isoflop",
-    "Multiplier", "efficiency_multiplier",
+    "Multiplier", "efficiency_multiplier", "envelope_noise_shift", "expected_min_shift",
+    "min_shift_bound",
 ]
 # Also importable for the gradient check in tests/test_fits.py: _chinchilla_loss_and_grad.
