@@ -25,14 +25,15 @@ def _true_loss(n, d, scale):
     return scale * (1.8 + 400.0 / n ** 0.34 + 1800.0 / d ** 0.36)
 
 
-def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0, styles=None):
+def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0, styles=None, se=None):
     """A sweep directory in the runner's format with a Chinchilla-like ground truth.
 
     ``runs_per_arm``: {arm: number of sizes}; ``scales``: {arm: loss multiplier}. Tokens per
     parameter cycle through 10, 25, 40 so that N and D vary independently. With ``evals``
     each run gets two position-wise eval files (an early, worse one and the final one).
     ``styles``: {arm: {"arm_display": ..., "arm_colour": ...}} written into each row, as
-    the sweep does (default: none, as in an old sweep).
+    the sweep does (default: none, as in an old sweep). ``se``: {arm: standard error}
+    logged as every evaluation's ``val_loss_se`` (default: none, as in an old sweep).
     """
     runs_per_arm = runs_per_arm or {"full": 4, "moba": 4}
     scales = scales or {}
@@ -53,7 +54,8 @@ def write_sweep(root, runs_per_arm=None, scales=None, evals=False, seed=0, style
                 lines.append(json.dumps({"step": step, "tokens": tok, "flops_6nd": f6 * tok,
                                          "flops_exact": fex * tok, "train_loss": 3.0,
                                          "val_loss": _true_loss(n, tok, scale)
-                                         * (1 + 0.001 * rng.standard_normal())}))
+                                         * (1 + 0.001 * rng.standard_normal()),
+                                         **({"val_loss_se": se[arm]} if se else {})}))
             (root / run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
             final = _true_loss(n, d, scale)
             records.append({"run": run, "arm": arm, "size": f"s{i}", "status": "done",
@@ -181,6 +183,24 @@ def test_tiny_sweep_multiplier_is_honest(tiny_report, tiny_sweep_dir):
             assert ("no difference resolved" in reading) == (lo <= 1.0 <= hi), reading
 
 
+def test_tiny_sweep_reports_standard_errors_and_both_conventions(tiny_report, tiny_sweep_dir):
+    """The real tiny sweep logged val_loss_se: the runs table shows each final point's,
+    the multiplier section weighs the arms' difference against it and against the
+    envelope's noise shift, and the multipliers come in both FLOP conventions."""
+    md = (tiny_report[0] / "report.md").read_text()
+    sweep = results.load_sweep(tiny_sweep_dir)
+    assert all(r.final_se is not None and r.final_se > 0 for r in sweep.runs)
+    assert "| final val SE |" in md
+    for r in sweep.runs:
+        assert re.search(rf"^\| {r.run} \|.*\| {r.final_loss:.4f} \| {r.final_se:.2g} \|$", md, re.M)
+    mult = md.split("## Compute-efficiency multiplier")[1].split("## Position")[0]
+    assert "The same multipliers on the **6ND** axis" in mult
+    noise = mult.split("### Validation noise and the envelope")[1]
+    assert "The final points' median SE is **" in noise and "minimum over noisy points sits low" in noise
+    assert re.search(r"^- moba vs full: median \|ΔL\| \S+ = [0-9.]+x the median SE; noise floor", noise, re.M)
+    assert "compared difference(s) exceed their noise floor" in noise
+
+
 # ------------------------------------------------------------ synthetic sweeps
 
 
@@ -256,6 +276,30 @@ def test_explicit_pair_and_budgets(tmp_path):
     assert [r.split("|")[2].strip() for r in rows[:2]] == ["1e-06", "3e-06"]
     assert "moba vs mla" not in md  # only the requested pair; mla is the default baseline
     assert "Kimi-Linear-style chart, kda vs mla:" in md  # no arm_display: the arms' own names
+
+
+def test_noise_paragraph_resolves_or_not_and_old_runs_without_se(tmp_path):
+    """Logged standard errors far below the arms' 2% difference: resolved; far above it:
+    within the noise; a sweep of runs without val_loss_se says the noise is unknown."""
+    readings = {}
+    for name, se in (("small", 0.001), ("large", 0.2)):
+        root = write_sweep(tmp_path / name, {"full": 4, "moba": 4}, {"moba": 0.98},
+                           se={"full": se, "moba": se})
+        report.write_report(root, out=tmp_path / f"{name}_out", bootstrap=0, echo=lambda s: None)
+        md = (tmp_path / f"{name}_out" / "report.md").read_text()
+        assert f"The final points' median SE is **{se:.3g}**" in md
+        assert re.search(r"^\| full \| 4 of 4 \| [0-9.e-]+ \| -?[0-9.e-]+ \|$", md, re.M)
+        readings[name] = [l for l in md.splitlines() if l.startswith("- moba vs full: median |ΔL|")]
+        assert len(readings[name]) == 1
+    assert "larger than the noise" in readings["small"][0]
+    assert "within the noise floor" in readings["large"][0]
+
+    root = write_sweep(tmp_path / "old", {"full": 3, "moba": 3}, {"moba": 0.98})
+    assert all(r.val_loss_se is None and r.final_se is None for r in results.load_sweep(root).runs)
+    report.write_report(root, out=tmp_path / "old_out", bootstrap=0, echo=lambda s: None)
+    md, _ = _check_rendering(tmp_path / "old_out")
+    assert "No run logged the standard error of its validation loss" in md
+    assert re.search(r"^\| full_s0 \|.*\| – \|$", md, re.M)    # a dash in the SE column
 
 
 FOUR_ARMS = {"full": {"arm_display": "Full Attention", "arm_colour": "Blues"},

@@ -105,9 +105,10 @@ def write_report(workdir, out=None, convention: str = "exact", baseline: str | N
             blocks: list = []
             figures: list[Path] = []
             add_summary(blocks, sweep, convention, bootstrap)
-            laws, _ = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
+            laws, _, other_laws = add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention,
+                                                      bootstrap, echo)
             add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, pairs, laws,
-                           budgets, echo)
+                           budgets, echo, other_laws=other_laws)
             add_position_wise(blocks, figures, sweep, fig_dir, convention, bootstrap, echo)
             add_probes(blocks, sweep)
             add_parametric(blocks, sweep, bootstrap, echo)

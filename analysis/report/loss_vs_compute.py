@@ -34,7 +34,8 @@ def _other_laws(sweep, convention, bootstrap, echo):
 
 
 def add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, echo):
-    """Appends the loss-vs-compute section; returns each arm's envelope law and envelope."""
+    """Appends the loss-vs-compute section; returns each arm's envelope law and envelope,
+    and ``{other convention: {arm: law}}``, the same laws on the other FLOP axis."""
     echo(f"fitting L = a C^b on each arm's lower envelope ({bootstrap} bootstrap resamples per arm)")
     res = plots.plot_loss_vs_compute(sweep, fig_dir / "loss_vs_compute", convention=convention,
                                      bootstrap=bootstrap)
@@ -46,9 +47,11 @@ def add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, 
                Heading(3, "Fitted laws: L = a C^b on the lower envelope")]
     other = [c for c in CONVENTIONS if c != convention
              and all(c in r.flops for r in sweep.runs)]
-    rows = []
+    rows, other_laws = [], {}
     for conv in (convention, *other):
         laws = res.fits if conv == convention else _other_laws(sweep, conv, bootstrap, echo)
+        if conv != convention:
+            other_laws[conv] = laws
         for arm in sweep.arms:
             law = laws.get(arm)
             name = CONVENTION_NAMES[conv]
@@ -95,4 +98,4 @@ def add_loss_vs_compute(blocks, figures, sweep, fig_dir, convention, bootstrap, 
                            "curves; wide intervals on E are expected on a short compute range."))
     if reasons:
         blocks.append(Bullets(tuple(reasons)))
-    return res.fits, res.envelopes
+    return res.fits, res.envelopes, other_laws

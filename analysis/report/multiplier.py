@@ -8,8 +8,9 @@ import numpy as np
 
 from analysis import fits, plots
 from analysis.report.blocks import Heading, Image, Para, Table, fmt
+from analysis.report.noise import add_noise
 from analysis.report.pairs import MOBA_STYLE, choose_comparisons, fallback_baseline
-from analysis.results import Sweep
+from analysis.results import AnalysisError, Sweep
 from analysis.units import CONVENTION_NAMES
 
 
@@ -152,19 +153,9 @@ def _kimi_chart(blocks, figures, sweep, fig_dir, convention, bootstrap, comp, la
 _HEADERS = ("B vs A", "budget C (A)", "multiplier", "95% interval", "reading")
 
 
-def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, comps, laws, budgets, echo):
-    """Appends the multiplier table of every compared pair, then each pair drawn the way its
-    paper drew it (:mod:`analysis.report.pairs`)."""
-    blocks.append(Heading(2, "Compute-efficiency multiplier"))
-    if not comps:
-        blocks.append(Para(f"The sweep has one arm ({sweep.arms[0]}): no multiplier and no "
-                           "Kimi-style comparison."))
-        return
-    blocks.append(Para("Multiplier of arm B over baseline A at A's compute C: C / C_B, where C_B is the "
-                       "compute at which B's envelope law reaches the loss A's law reaches at C "
-                       "(> 1: B needs less compute). Budgets in PFLOP/s-days, "
-                       f"{CONVENTION_NAMES[convention]} FLOPs; interval: 95% bootstrap over runs."))
-    blocks.append(Para(PAIRS_RULE))
+def _pair_rows(sweep, comps, laws, budgets, echo, convention, strict=True):
+    """The multiplier table's rows of every compared pair on one convention's laws; a pair
+    without a multiplier (no common loss) raises when ``strict``, else gets a row saying so."""
     rows = []
     for c in comps:
         a, b = c.baseline, c.improved
@@ -172,10 +163,49 @@ def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, comps
             missing = a if a not in laws else b
             rows.append((f"{b} vs {a}", "–", "–", "–", f"no envelope law for {missing} (see Notes)"))
             continue
-        echo(f"multiplier of {b} over {a} at {len(budgets)} budget(s)")
-        m = fits.efficiency_multiplier(laws[a], laws[b], budgets=budgets)
+        echo(f"multiplier of {b} over {a} at {len(budgets)} budget(s), {CONVENTION_NAMES[convention]} FLOPs")
+        try:
+            m = fits.efficiency_multiplier(laws[a], laws[b], budgets=budgets)
+        except AnalysisError as e:
+            if strict:
+                raise
+            rows.append((f"{b} vs {a}", "–", "–", "–", f"no multiplier: {e}"))
+            continue
         rows += _multiplier_rows(sweep, a, b, m, laws)
-    blocks.append(Table(_HEADERS, tuple(rows)))
+    return rows
+
+
+def _other_conventions(blocks, sweep, comps, other_laws, echo):
+    """The multiplier table again on each other FLOP convention's laws and axis."""
+    for conv, laws in other_laws.items():
+        budgets = default_budgets(sweep, conv)
+        blocks.append(Para(f"The same multipliers on the **{CONVENTION_NAMES[conv]}** axis (each arm's "
+                           f"envelope law fitted on {CONVENTION_NAMES[conv]} FLOPs; budgets in "
+                           "PFLOP/s-days of that count, 4 geometric points from the smallest to the "
+                           "largest run's final compute; `--budgets` sets the table above):"))
+        rows = _pair_rows(sweep, comps, laws, budgets, echo, conv, strict=False)
+        blocks.append(Table(_HEADERS, tuple(rows)))
+
+
+def add_multiplier(blocks, figures, sweep, fig_dir, convention, bootstrap, comps, laws, budgets, echo,
+                   other_laws=None):
+    """Appends the multiplier table of every compared pair (on ``convention``'s laws, then
+    on each convention of ``other_laws``: ``{convention: {arm: law}}``), the validation-noise
+    subsection, then each pair drawn the way its paper drew it (:mod:`analysis.report.pairs`)."""
+    blocks.append(Heading(2, "Compute-efficiency multiplier"))
+    if not comps:
+        blocks.append(Para(f"The sweep has one arm ({sweep.arms[0]}): no multiplier and no "
+                           "Kimi-style comparison."))
+        add_noise(blocks, sweep, convention, comps, laws, budgets)
+        return
+    blocks.append(Para("Multiplier of arm B over baseline A at A's compute C: C / C_B, where C_B is the "
+                       "compute at which B's envelope law reaches the loss A's law reaches at C "
+                       "(> 1: B needs less compute). Budgets in PFLOP/s-days, "
+                       f"{CONVENTION_NAMES[convention]} FLOPs; interval: 95% bootstrap over runs."))
+    blocks.append(Para(PAIRS_RULE))
+    blocks.append(Table(_HEADERS, tuple(_pair_rows(sweep, comps, laws, budgets, echo, convention))))
+    _other_conventions(blocks, sweep, comps, other_laws or {}, echo)
+    add_noise(blocks, sweep, convention, comps, laws, budgets)
 
     moba_groups: dict[str, list] = {}
     for c in comps:

@@ -15,16 +15,19 @@ def total_compute(sweep: Sweep) -> dict[str, float]:
 
 
 def runs_table(sweep: Sweep) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    """(headers, rows): one row per run with its size, tokens, compute and final loss."""
+    """(headers, rows): one row per run with its size, tokens, compute, final loss and that
+    loss's standard error over held-out sequences (a dash where the run logged none)."""
     convs = [c for c in CONVENTIONS if all(c in r.flops for r in sweep.runs)]
     headers = ("run", "arm", "size", "non-emb. params", "tokens",
-               *[f"C {CONVENTION_NAMES[c]} (PFLOP/s-days)" for c in convs], "final val loss")
+               *[f"C {CONVENTION_NAMES[c]} (PFLOP/s-days)" for c in convs], "final val loss",
+               "final val SE")
     rows = []
     for r in sweep.runs:
         rows.append((r.run, r.arm, r.size,
                      "–" if r.n_params_nonembed is None else f"{r.n_params_nonembed:,}",
                      "–" if r.total_tokens is None else f"{r.total_tokens:,}",
-                     *[fmt(r.final_compute(c)) for c in convs], f"{r.final_loss:.4f}"))
+                     *[fmt(r.final_compute(c)) for c in convs], f"{r.final_loss:.4f}",
+                     fmt(r.final_se, 2)))
     return headers, rows
 
 
