@@ -89,14 +89,18 @@ def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = 256, 
     scale = e ** -0.5 if scale is None else scale
     q_BKGTD = (q_BTHD * scale).reshape(b, t, hkv, hq // hkv, e).transpose(0, 2, 3, 1, 4)
     k_BKTD, v_BKTD = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
+    g = hq // hkv
     outs = []
     for start, (n_q, n_k) in zip(range(0, t, query_block), blocked_key_counts(t, query_block)):
-        s = jnp.einsum("bkgqd,bkld->bkgql", q_BKGTD[:, :, :, start:start + n_q], k_BKTD[:, :, :n_k],
+        # The g query heads of a key head are stacked as rows of one [g * n_q, n_k] tile.
+        q_BKRE = q_BKGTD[:, :, :, start:start + n_q].reshape(b, hkv, g * n_q, e)
+        s = jnp.einsum("bkqe,bkle->bkql", q_BKRE, k_BKTD[:, :, :n_k],
                        preferred_element_type=jnp.float32)
-        visible = jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None]
+        visible = jnp.tile(jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None], (g, 1))
         p = jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1)
-        outs.append(jnp.einsum("bkgql,bkld->bkgqd", p.astype(v_BKTD.dtype), v_BKTD[:, :, :n_k],
-                               preferred_element_type=jnp.float32))
+        o = jnp.einsum("bkql,bkld->bkqd", p.astype(v_BKTD.dtype), v_BKTD[:, :, :n_k],
+                       preferred_element_type=jnp.float32)
+        outs.append(o.reshape(b, hkv, g, n_q, -1))
     o_BKGTD = jnp.concatenate(outs, axis=3)
     return o_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, -1).astype(v_BTKD.dtype)
 
