@@ -11,10 +11,16 @@ A sweep config (see ``configs/scaling.py``) holds a ``base`` run config and:
 - ``sizes``: comma-separated size names defined in ``size_defs.<name>`` (model
   shape fields plus an optional per-size ``lr``);
 - ``budgets``: comma-separated FLOP budgets in ``budget_convention`` (one per
-  size, paired in order, or every size x every budget with ``grid=True``).
+  size, paired in order, or every size x every budget with ``grid=True``);
+- or instead ``tokens``: comma-separated training tokens, one per size, given to
+  every arm alike (the papers' design: equal data per size, compute on the 6ND
+  axis; leave ``budgets`` empty);
+- ``seeds`` (optional): comma-separated seeds; each arm x size runs once per seed
+  (``train.seed`` sets the initialisation and the data order), named ``..._seed<k>``.
 
-Each run's tokens follow from its budget and its own FLOPs per token, so every
-arm gets exactly the same compute at each point.
+With budgets, each run's tokens follow from its budget and its own FLOPs per
+token, so every arm gets exactly the same compute at each point; with tokens,
+each run's budget is its tokens times its own FLOPs per token.
 """
 from __future__ import annotations
 
@@ -78,6 +84,34 @@ def _names(field: str, value: str) -> list[str]:
     return out
 
 
+def _numbers(cfg, field: str, example: str) -> list[float]:
+    """``sweep.<field>`` as positive numbers (comma-separated)."""
+    value = cfg.get(field, "")
+    try:
+        out = [float(b) for b in _names(field, value)]
+    except ValueError:
+        out = None
+    if out is None or any(not b > 0 for b in out):
+        raise SweepConfigError(f"sweep.{field}={value!r}: give comma-separated positive numbers "
+                               f"such as {example}")
+    return out
+
+
+def _seeds(cfg) -> list[int | None]:
+    """``sweep.seeds`` as integers >= 0, or ``[None]`` (one run per point, base seed)."""
+    value = str(cfg.get("seeds", "") or "").strip()
+    if not value:
+        return [None]
+    try:
+        seeds = [int(x) for x in _names("seeds", value)]
+    except ValueError:
+        seeds = None
+    if seeds is None or any(k < 0 for k in seeds) or len(set(seeds)) != len(seeds):
+        raise SweepConfigError(f"sweep.seeds={value!r}: give distinct comma-separated integers "
+                               ">= 0 such as '0,1'")
+    return seeds
+
+
 def _merge(dst: ml_collections.ConfigDict, overrides: dict, where: str) -> None:
     for k, v in overrides.items():
         if k not in dst:
@@ -124,27 +158,27 @@ def plan_sweep(cfg) -> list[RunPlan]:
     """Expands a sweep config into its runs (raises :class:`SweepConfigError`)."""
     arms = _names("arms", cfg.arms)
     sizes = _names("sizes", cfg.sizes)
-    try:
-        budgets = [float(b) for b in _names("budgets", cfg.budgets)]
-    except ValueError:
-        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: give comma-separated numbers "
-                               "such as '1e12,3e12'") from None
-    if any(b <= 0 for b in budgets):
-        raise SweepConfigError(f"sweep.budgets={cfg.budgets!r}: budgets must be positive")
+    by_tokens = bool(str(cfg.get("tokens", "") or "").strip())
+    if by_tokens and str(cfg.get("budgets", "") or "").strip():
+        raise SweepConfigError("sweep.budgets and sweep.tokens are both set; give one: budgets "
+                               "(equal compute per size) or tokens (equal data per size)")
+    length_field = "tokens" if by_tokens else "budgets"
+    budgets = _numbers(cfg, length_field, "'2e6,8e6'" if by_tokens else "'1e12,3e12'")
+    seeds = _seeds(cfg)
     if cfg.get("grid", False):
         pairs = [(s, b) for s in sizes for b in budgets]
     else:
         if len(budgets) != len(sizes):
             raise SweepConfigError(
-                f"sweep.budgets has {len(budgets)} entries but sweep.sizes has {len(sizes)}; "
-                "give one budget per size or set --config.grid=True for every size x budget")
+                f"sweep.{length_field} has {len(budgets)} entries but sweep.sizes has {len(sizes)}; "
+                f"give one per size or set --config.grid=True for every size x {length_field[:-1]}")
         pairs = list(zip(sizes, budgets))
     plans = []
     for arm in arms:
         if arm not in cfg.arm_defs:
             raise SweepConfigError(f"sweep.arms: unknown arm {arm!r}; defined arms: "
                                    f"{', '.join(sorted(cfg.arm_defs))}")
-        for size, budget in pairs:
+        for (size, budget), seed in ((p, k) for p in pairs for k in seeds):
             if size not in cfg.size_defs:
                 raise SweepConfigError(f"sweep.sizes: unknown size {size!r}; defined sizes: "
                                        f"{', '.join(sorted(cfg.size_defs))}")
@@ -159,9 +193,14 @@ def plan_sweep(cfg) -> list[RunPlan]:
             _merge(run_cfg.train, train_over, f"arm_defs.{arm}.train")
             if lr is not None:
                 run_cfg.train.lr = lr
-            run_cfg.train.update(budget_flops=budget, budget_convention=cfg.budget_convention,
-                                 tokens=0, steps=0)
-            name = f"{arm}_{size}_{budget:.2g}".replace("+", "")
+            run_cfg.train.update(budget_flops=0.0 if by_tokens else budget, tokens=0, steps=0,
+                                 budget_convention=cfg.budget_convention)
+            if by_tokens:
+                run_cfg.train.tokens = int(budget)
+            if seed is not None:
+                run_cfg.train.seed = seed
+            name = f"{arm}_{size}_{budget:.2g}{'tok' if by_tokens else ''}".replace("+", "")
+            name += "" if seed is None else f"_seed{seed}"
             try:
                 check_run_config(run_cfg)
             except ConfigError as e:
@@ -171,6 +210,8 @@ def plan_sweep(cfg) -> list[RunPlan]:
             except RunConfigError as e:
                 raise SweepConfigError(f"run {arm}/{size}: {e}") from None
             kind_display, kind_colour = describe(layer_kinds(run_cfg.model))
+            if by_tokens:
+                budget = length.flops_at(length.steps)[cfg.budget_convention]
             plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
                                  accounting.non_embedding_params(run_cfg.model),
                                  length.flops_per_token, display or kind_display,
