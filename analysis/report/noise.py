@@ -70,14 +70,15 @@ def add_noise(blocks, sweep, convention, comps, laws, budgets, sims: int = NOISE
         text += f" Runs without a logged SE (trained before `val_loss_se` existed): {', '.join(missing)}."
     blocks.append(Para(text))
 
-    k = max(len(sweep.by_arm(a)) for a in sweep.arms)
-    e2, ek = fits.expected_min_shift(2), fits.expected_min_shift(max(k, 2))
+    k = max(2, max(len(sweep.by_arm(a)) for a in sweep.arms))
+    e2, ek = fits.expected_min_shift(2), fits.expected_min_shift(k)
     shifts = envelope_shifts(sweep, convention, laws, budgets, sims)
+    more = f" and {ek:.2f} s for k = {k}" if k > 2 else ""
     blocks.append(Para(
         "The lower envelope is a running minimum, and a minimum over noisy points sits low: of "
         f"k points with one true loss and SE s, the smallest lies on average {e2:.2f} s below it "
-        f"for k = 2 and {ek:.2f} s for k = {max(k, 2)} (the most runs of one arm; never more than "
-        f"s sqrt(2 ln k) = {fits.min_shift_bound(max(k, 2)):.2f} s), i.e. {fmt(med * ek)} "
+        f"for k = 2{more} (k = {k}: the most runs of one arm; never more than "
+        f"s sqrt(2 ln k) = {fits.min_shift_bound(k):.2f} s), i.e. {fmt(med * ek)} "
         f"{LOSS_UNIT} at the median SE where that many runs compete at one compute. Measured on the sweep: fresh Gaussian noise of each "
         f"point's own SE added to every curve ({sims} replicas), each arm's envelope law refitted; "
         "the envelope shift is the law's mean change, the largest over the budgets (negative: "
