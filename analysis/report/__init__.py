@@ -20,7 +20,8 @@ From a notebook::
 
 The report is built once as a list of blocks (:mod:`~analysis.report.blocks`: headings,
 paragraphs, tables, figures) by one module per section (:mod:`~analysis.report.summary`,
-:mod:`~analysis.report.loss_vs_compute`, :mod:`~analysis.report.multiplier`,
+:mod:`~analysis.report.loss_vs_compute`, :mod:`~analysis.report.multiplier` (with
+:mod:`~analysis.report.noise`: final-point standard errors and the envelope's noise shift),
 :mod:`~analysis.report.position_wise`, :mod:`~analysis.report.parametric`), in the order
 of :mod:`~analysis.report.build`, and rendered twice (:mod:`~analysis.report.render`), to
 Markdown and to HTML, so the two always say the same thing. Arms are named as the sweep's
