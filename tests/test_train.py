@@ -91,6 +91,19 @@ def test_val_lines_carry_a_standard_error(four_device_run):
     assert result["final_val_loss_se"] == vals[-1]["val_loss_se"]
 
 
+def test_mfu_on_every_line_against_a_measured_cpu_peak(four_device_run):
+    """On CPU the peak is a float32 matmul measured at start-up, recorded in config.json
+    (split over the 4 simulated devices); every metrics line has MFU from compiled FLOPs."""
+    cfg = json.load(open(four_device_run / "config.json"))
+    peak = cfg["peak_flops_per_device"]
+    assert peak > 1e8 and "measured" in cfg["peak_flops_source"] and "4 CPU" in cfg["peak_flops_source"]
+    lines = read_jsonl(four_device_run / "metrics.jsonl")
+    compiled = cfg["train_flops_per_token"]["compiled"]
+    for r in lines:
+        assert r["mfu"] == pytest.approx(r["tokens_per_s"] * compiled / (peak * cfg["devices"]))
+        assert 0 < r["mfu"] < 1
+
+
 def test_eval_step_standard_error_matches_numpy():
     """The jitted eval step and :func:`evaluate_with_se` on two known batches (fixed
     logits, one short row, one all-PAD fill row) against the same numbers in numpy."""

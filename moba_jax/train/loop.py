@@ -191,6 +191,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
             state = st.create_state(config.model, tx, t.seed, state_sh)
             writer.reset()
 
+        peak, peak_source = mx.peak_flops_per_device(t.get("peak_flops_per_device", 0.0))
         if is_main:
             resolved = {"config": config.to_dict(), "fingerprint": fingerprint,
                         "steps": length.steps, "tokens": length.tokens,
@@ -202,6 +203,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                         "params": counts, "mesh": dict(mesh.shape),
                         "attention_kinds": kind_sources(layer_kinds(config.model)),
                         "devices": jax.device_count(), "processes": jax.process_count(),
+                        "peak_flops_per_device": peak, "peak_flops_source": peak_source,
                         "data": data.stats}
             fileio.write_json(os.path.join(workdir, "config.json"), resolved)
 
@@ -220,7 +222,6 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
             fpt.append(length.flops_per_token_after)
         phase = lambda steps_done: int(length.switch_step is not None and steps_done > length.switch_step)
         evals = set(eval_steps(length.steps, config.eval.points))
-        peak = mx.peak_flops_per_device(t.get("peak_flops_per_device", 0.0))
         show = t.get("progress", True) if progress is None else progress
         bar = None
         if show and is_main:
@@ -261,7 +262,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                     tps = tokens_interval / max(elapsed, 1e-9)
                     rec.update(train_loss=loss, lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
                                tokens_per_s=tps,
-                               mfu=(tps * fpt[phase(step)]["exact"] / (peak * jax.device_count())
+                               mfu=(tps * fpt[phase(step)]["compiled"] / (peak * jax.device_count())
                                     if peak else None))
                     if is_eval:
                         last_val, last_se = evaluate_with_se(eval_fns[phase(step)], state["params"],

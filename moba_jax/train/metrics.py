@@ -15,6 +15,7 @@ import shutil
 import time
 
 import jax
+import jax.numpy as jnp
 
 from moba_jax import fileio
 
@@ -23,8 +24,9 @@ from moba_jax import fileio
 LOGGING_FIELDS = ("log_every", "checkpoint_every", "progress", "peak_flops_per_device",
                   "tensorboard")
 
-# Dense peak FLOP/s per device (bf16 matmul) by device_kind prefix. MFU is only
-# reported where the peak is known or given in ``train.peak_flops_per_device``.
+# Dense peak FLOP/s per device (bf16 matmul) by device_kind prefix. MFU (compiled
+# FLOPs per second over the peak) uses it, ``train.peak_flops_per_device`` when given,
+# or on CPU a matmul measured at start-up (:func:`peak_flops_per_device`).
 PEAK_FLOPS = {
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
@@ -39,14 +41,46 @@ PEAK_FLOPS = {
 }
 
 
-def peak_flops_per_device(override: float = 0.0) -> float | None:
+# The CPU "peak": a float32 matmul of this size, timed at start-up (see below).
+CPU_PEAK_MATMUL = 1024
+_measured_cpu_peak: list[float] = []
+
+
+def measure_matmul_flops(n: int = CPU_PEAK_MATMUL, repeats: int = 5) -> float:
+    """FLOP/s of a float32 ``[n, n] @ [n, n]`` matmul on the first device, best of
+    ``repeats`` after one compile-and-warm-up call (about 0.1 s on a 2-core CPU)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y)
+    mm(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mm(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def peak_flops_per_device(override: float = 0.0) -> tuple[float | None, str]:
+    """``(peak FLOP/s per device, where it comes from)`` for MFU.
+
+    ``train.peak_flops_per_device`` when set; else the accelerator's dense bf16 peak by
+    device kind (:data:`PEAK_FLOPS`); else, on CPU, a float32 matmul measured once per
+    process (:func:`measure_matmul_flops`), shared by the process's local CPU devices
+    (they share its cores); else ``(None, reason)``: no MFU.
+    """
     if override and override > 0:
-        return float(override)
-    kind = jax.devices()[0].device_kind
+        return float(override), "train.peak_flops_per_device"
+    device = jax.local_devices()[0]
     for prefix, peak in PEAK_FLOPS.items():
-        if kind.startswith(prefix):
-            return peak
-    return None
+        if device.device_kind.startswith(prefix):
+            return peak, f"{prefix} dense bf16 peak (table)"
+    if device.platform == "cpu":
+        if not _measured_cpu_peak:
+            _measured_cpu_peak.append(measure_matmul_flops())
+        n = jax.local_device_count()
+        return (_measured_cpu_peak[0] / n, f"float32 {CPU_PEAK_MATMUL}^3 matmul measured at "
+                f"start-up ({_measured_cpu_peak[0] / 1e9:.0f} GFLOP/s), shared by {n} CPU device(s)")
+    return None, f"unknown peak for device kind {device.device_kind!r}; set train.peak_flops_per_device"
 
 
 def _clean(v):
