@@ -11,9 +11,10 @@
 - ``"blocked"``: queries in blocks of ``query_block``; block ``i`` scores only keys
   ``0 .. (i+1) * query_block - 1``, so the fully masked upper blocks are never
   computed (``(n+1) / 2n`` of the dense work for ``n`` blocks) and each block's score
-  matrix is small enough to stay in cache. Exact (same softmax per query). The fast
-  path on CPU: at T=1024, B=8, 2 heads of 64 its forward+backward took 0.24 s against
-  0.82 s for ``"xla"`` (``/tmp`` micro-benchmark, 2-core machine, busy at the time).
+  matrix is small enough to stay in cache. Exact (same softmax per query), with a
+  flash-style backward (``kernels/causal``). The fast path on CPU: at T=1024, B=8,
+  2 heads of 64 its forward+backward took 0.24 s against 0.82 s for ``"xla"``
+  (micro-benchmark, 2-core machine, busy at the time).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels.causal import DEFAULT_QUERY_BLOCK, blocked_attention, blocked_key_counts
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import one_of, positive
@@ -61,51 +63,24 @@ def causal_attention_reference(q_BTHD, k_BTKD, v_BTKD, *, scale=None):
     return o.reshape(b, t, hq, d).astype(q_BTHD.dtype)
 
 
-def blocked_key_counts(seq_len: int, query_block: int) -> list[tuple[int, int]]:
-    """``(queries, keys)`` per query block of the ``"blocked"`` path: block ``i`` holds
-    ``min(query_block, T - i*query_block)`` queries and scores the keys up to its end."""
-    return [(min(query_block, seq_len - i), min(i + query_block, seq_len))
-            for i in range(0, seq_len, query_block)]
-
-
 def compiled_keys_per_query(opts, seq_len: int) -> float:
     """Mean keys scored per query by the configured path: ``T`` for the dense paths, the
     key prefix of each query's block for ``"blocked"``."""
     if opts.get("implementation", "xla") != "blocked":
         return float(seq_len)
-    pairs = blocked_key_counts(seq_len, int(opts.get("query_block", 256)))
+    pairs = blocked_key_counts(seq_len, int(opts.get("query_block", DEFAULT_QUERY_BLOCK)))
     return sum(n_q * n_k for n_q, n_k in pairs) / seq_len
 
 
-def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = 256, scale=None):
-    """Causal GQA attention in query blocks that skip the keys after each block's end.
-
-    Heads go to the front once (``[B, Hkv, G, T, D]``) so the block matmuls and the
-    softmax run on contiguous ``[block, keys]`` tiles; the float32 softmax of each
-    block is exact, so this equals :func:`causal_attention_reference`.
-    """
-    b, t, hq, e = q_BTHD.shape                    # keys may be wider than values (MLA)
-    hkv = k_BTKD.shape[2]
-    scale = e ** -0.5 if scale is None else scale
-    q_BKGTD = (q_BTHD * scale).reshape(b, t, hkv, hq // hkv, e).transpose(0, 2, 3, 1, 4)
-    k_BKTD, v_BKTD = k_BTKD.transpose(0, 2, 1, 3), v_BTKD.transpose(0, 2, 1, 3)
-    g = hq // hkv
-    outs = []
-    for start, (n_q, n_k) in zip(range(0, t, query_block), blocked_key_counts(t, query_block)):
-        # The g query heads of a key head are stacked as rows of one [g * n_q, n_k] tile.
-        q_BKRE = q_BKGTD[:, :, :, start:start + n_q].reshape(b, hkv, g * n_q, e)
-        s = jnp.einsum("bkqe,bkle->bkql", q_BKRE, k_BKTD[:, :, :n_k],
-                       preferred_element_type=jnp.float32)
-        visible = jnp.tile(jnp.arange(n_k)[None, :] <= start + jnp.arange(n_q)[:, None], (g, 1))
-        p = jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1)
-        o = jnp.einsum("bkql,bkld->bkqd", p.astype(v_BKTD.dtype), v_BKTD[:, :, :n_k],
-                       preferred_element_type=jnp.float32)
-        outs.append(o.reshape(b, hkv, g, n_q, -1))
-    o_BKGTD = jnp.concatenate(outs, axis=3)
-    return o_BKGTD.transpose(0, 3, 1, 2, 4).reshape(b, t, hq, -1).astype(v_BTKD.dtype)
+def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = DEFAULT_QUERY_BLOCK,
+                             scale=None):
+    """Causal GQA attention in query blocks over key prefixes (``kernels/causal``): exact,
+    with a flash-style backward; keys may be wider than values (MLA)."""
+    return blocked_attention(q_BTHD, k_BTKD, v_BTKD, query_block=query_block, scale=scale)
 
 
-def causal_attention(q, k, v, *, implementation: str = "xla", scale=None, query_block: int = 256):
+def causal_attention(q, k, v, *, implementation: str = "xla", scale=None,
+                     query_block: int = DEFAULT_QUERY_BLOCK):
     if implementation == "reference":
         return causal_attention_reference(q, k, v, scale=scale)
     if implementation == "blocked":
@@ -207,7 +182,7 @@ class FullAttention(QKVOAttention):
 
     @staticmethod
     def default_options() -> dict:
-        return dict(implementation="xla", rope=True, query_block=256)
+        return dict(implementation="xla", rope=True, query_block=DEFAULT_QUERY_BLOCK)
 
     @staticmethod
     def check_options(cfg) -> None:
@@ -215,8 +190,8 @@ class FullAttention(QKVOAttention):
         non-positive ``query_block``."""
         one_of("model.attention.full.implementation", str(cfg.attention.full.implementation),
                IMPLEMENTATIONS)
-        positive("model.attention.full.query_block", cfg.attention.full.get("query_block", 256),
-                 "give the blocked path's query block length, e.g. 256", integer=True)
+        positive("model.attention.full.query_block",
+                 cfg.attention.full.get("query_block", DEFAULT_QUERY_BLOCK), "give the blocked path's query block length, e.g. 128", integer=True)
 
     @staticmethod
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
@@ -232,7 +207,7 @@ class FullAttention(QKVOAttention):
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
         self.implementation = cfg.attention.full.implementation
-        self.query_block = int(cfg.attention.full.get("query_block", 256))
+        self.query_block = int(cfg.attention.full.get("query_block", DEFAULT_QUERY_BLOCK))
         FullAttention.check_options(cfg)
 
     def attend(self, q, k, v):

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from kernels.causal import DEFAULT_QUERY_BLOCK
 from moba_jax import layers
 from moba_jax.attention.full import (causal_attention_blocked, causal_pairs_per_token,
                                      compiled_keys_per_query)
@@ -59,7 +60,7 @@ def latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, *, scale: float):
 
 
 def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: str = "xla",
-                     query_block: int = 256):
+                     query_block: int = DEFAULT_QUERY_BLOCK):
     if implementation == "reference":
         return latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, scale=scale)
     if implementation == "blocked":
@@ -115,7 +116,7 @@ class MLAttention(nnx.Module):
     @staticmethod
     def default_options() -> dict:
         return dict(kv_latent_dim=64, rope_dim=16, q_latent_dim=0, rope=True,
-                    implementation="xla", query_block=256)
+                    implementation="xla", query_block=DEFAULT_QUERY_BLOCK)
 
     @staticmethod
     def check_options(cfg) -> None:
@@ -134,8 +135,8 @@ class MLAttention(nnx.Module):
         at_least(f"{at}.q_latent_dim", o.q_latent_dim, 0, "give the query latent width, or 0 "
                  "for a direct query projection", integer=True)
         one_of(f"{at}.implementation", str(o.implementation), IMPLEMENTATIONS)
-        positive(f"{at}.query_block", o.get("query_block", 256), "give the blocked path's query "
-                 "block length, e.g. 256", integer=True)
+        positive(f"{at}.query_block", o.get("query_block", DEFAULT_QUERY_BLOCK),
+                 "give the blocked path's query block length, e.g. 128", integer=True)
 
     @staticmethod
     def param_count(cfg) -> int:
@@ -168,7 +169,7 @@ class MLAttention(nnx.Module):
         self.q_latent_dim = dq = int(opts.q_latent_dim)
         self.use_rope = bool(opts.rope)
         self.implementation = str(opts.implementation)
-        self.query_block = int(opts.get("query_block", 256))
+        self.query_block = int(opts.get("query_block", DEFAULT_QUERY_BLOCK))
         self.rope_theta = float(cfg.rope_theta)
         MLAttention.check_options(cfg)
         dtype = jnp.dtype(cfg.dtype)
