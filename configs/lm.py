@@ -34,6 +34,12 @@ def train_config() -> ml_collections.ConfigDict:
         b2=0.95,
         eps=1e-8,
         grad_clip=1.0,
+        optimizer="adamw",           # or "muon" (hidden matrices; AdamW for the rest), see
+        muon_beta=0.95,              #   moba_jax/train/optim.py
+        muon_ns_steps=5,
+        muon_rms=0.2,                # Muon update RMS matched to AdamW's (Moonlight)
+        schedule="cosine",           # or "wsd" (warmup-stable-decay)
+        decay_frac=0.2,              # wsd: the final share of the steps that decays
         # Exactly one of budget_flops / tokens / steps sets the run length.
         budget_flops=0.0,
         budget_convention="exact",

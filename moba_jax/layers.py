@@ -14,9 +14,11 @@ from flax import nnx
 
 
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], axes: Sequence[str | None],
-          dtype=jnp.float32) -> nnx.Param:
-    """A float32 parameter tagged with its logical axis names."""
-    return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes))
+          dtype=jnp.float32, **metadata) -> nnx.Param:
+    """A float32 parameter tagged with its logical axis names (and any ``metadata``, e.g.
+    a matmul weight's ``in_dims`` for Muon, see ``moba_jax/train/optim.py``)."""
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), logical_axes=tuple(axes),
+                     **metadata)
 
 
 def fan_in_init(fan_in: int, scale: float = 1.0):
@@ -57,7 +59,8 @@ class Dense(nnx.Module):
         for s in self.in_shape:
             fan_in *= s
         self.kernel = param(rngs, fan_in_init(fan_in, init_scale),
-                            self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes))
+                            self.in_shape + self.out_shape, tuple(in_axes) + tuple(out_axes),
+                            in_dims=len(self.in_shape))
         self.dtype = dtype
 
     def __call__(self, x):

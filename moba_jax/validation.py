@@ -21,6 +21,7 @@ from moba_jax.checks import (ConfigError, at_least, in_interval, number, number_
                              positive)
 from moba_jax.model import layer_kinds, validate_model_config
 from moba_jax.sharding import rules_from_config
+from moba_jax.train.optim import OPTIMIZERS, SCHEDULES
 from moba_jax.units import CONVENTIONS
 
 
@@ -50,6 +51,19 @@ def check_train_config(t) -> None:
     positive("train.eps", t.eps, "give a small positive epsilon, e.g. 1e-8")
     at_least("train.weight_decay", t.weight_decay, 0, "give a weight decay >= 0 (0: none)")
     at_least("train.grad_clip", t.grad_clip, 0, "give a global-norm clip >= 0 (0: no clipping)")
+    one_of("train.optimizer", str(t.get("optimizer", "adamw")), OPTIMIZERS)
+    one_of("train.schedule", str(t.get("schedule", "cosine")), SCHEDULES)
+    in_interval("train.decay_frac", t.get("decay_frac", 0.2), 0, 1, closed_high=True,
+                fix="give the decaying share of a wsd schedule in (0, 1], e.g. 0.2")
+    if not float(t.get("decay_frac", 0.2)) > 0:
+        raise ConfigError("train.decay_frac", f"{t.decay_frac} leaves no decay",
+                          "give the decaying share of a wsd schedule in (0, 1], e.g. 0.2")
+    in_interval("train.muon_beta", t.get("muon_beta", 0.95), 0, 1, closed_high=False,
+                fix="Muon's momentum lies in [0, 1), e.g. 0.95")
+    positive("train.muon_ns_steps", t.get("muon_ns_steps", 5), "give the Newton-Schulz "
+             "iterations, e.g. 5", integer=True)
+    positive("train.muon_rms", t.get("muon_rms", 0.2), "give Muon's update RMS, e.g. 0.2 "
+             "(Moonlight's match to AdamW)")
     at_least("train.peak_flops_per_device", t.get("peak_flops_per_device", 0.0), 0,
              "give the device's peak FLOP/s, or 0 to look it up from the device kind")
     if t.global_batch % t.grad_accum:

@@ -63,17 +63,39 @@ def param_shardings(spec: ModelSpec, mesh: Mesh, rules=shd.DEFAULT_RULES):
         is_leaf=lambda x: x is None or (isinstance(x, tuple) and all(isinstance(n, str) for n in x)))
 
 
+def _key_name(k):
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return str(k)
+
+
 def state_shardings(spec: ModelSpec, tx, mesh: Mesh, rules=shd.DEFAULT_RULES):
     """Shardings of ``{"params", "opt_state", "step"}``: optimizer moments follow
-    their parameter's sharding, optimizer scalars are replicated."""
-    import optax
+    their parameter's sharding, optimizer scalars are replicated.
+
+    A moment is recognised by its key path ending in its parameter's key path with the
+    parameter's shape (optimizer states nest copies of the parameter tree, partitioned
+    ones such as Muon's with masked leaves), which works for any optax chain.
+    """
     p_sh = param_shardings(spec, mesh, rules)
-    opt_shapes = jax.eval_shape(tx.init, spec.param_shapes)
+    by_path = {}
+    for (path, shape), sh in zip(jax.tree_util.tree_flatten_with_path(spec.param_shapes)[0],
+                                 jax.tree.leaves(p_sh)):
+        by_path[tuple(_key_name(k) for k in path)] = (shape.shape, sh)
+    depths = sorted({len(p) for p in by_path}, reverse=True)
     replicated = NamedSharding(mesh, P())
-    opt_sh = optax.tree_map_params(
-        tx, lambda _, s: s, opt_shapes, p_sh,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+
+    def match(path, leaf):
+        names = tuple(_key_name(k) for k in path)
+        for n in depths:
+            hit = by_path.get(names[-n:]) if len(names) >= n else None
+            if hit is not None and hit[0] == leaf.shape:
+                return hit[1]
+        return replicated
+
+    opt_shapes = jax.eval_shape(tx.init, spec.param_shapes)
+    opt_sh = jax.tree_util.tree_map_with_path(match, opt_shapes)
     return {"params": p_sh, "opt_state": opt_sh, "step": replicated}
 
 
