@@ -48,6 +48,20 @@ def test_moba_differs_from_full_when_sparse():
     assert float(jnp.max(jnp.abs(a - b))) > 1e-3
 
 
+def test_blocked_implementation_matches_xla_in_the_model():
+    """The layer's ``implementation`` switch: same logits and loss gradients."""
+    tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, 259)
+
+    def logits_and_grad(impl):
+        model = TransformerLM(moba_cfg(block_size=8, top_k=3, impl=impl), rngs=nnx.Rngs(3))
+        loss = lambda m: jnp.mean(m(tokens) ** 2)
+        return forward(model, tokens), nnx.grad(loss)(model)
+    (a, ga), (b, gb) = logits_and_grad("xla"), logits_and_grad("blocked")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
 def test_layerwise_hybrid_kinds():
     cfg = moba_cfg(n_layers=4, full_attention_last_n=3)
     assert layer_kinds(cfg) == ["moba", "full", "full", "full"]

@@ -24,6 +24,10 @@ Implementations (``implementation=``)
 -------------------------------------
 * ``"reference"``: dense ``[T, T]`` scores plus an additive mask; the oracle.
 * ``"xla"``: exact, any backend, cost ``~ T * top_k * block_size * D``.
+* ``"blocked"``: exact, any backend, same cost order; the current block as one dense
+  causal tile per block and the chosen past blocks as unmasked tiles of one key block
+  each (``blocked.py``). No scatter in the forward and no per-item masks: the fast
+  path on CPU.
 * ``"pallas"``: the Pallas kernel for the current backend (``"pallas_tpu"`` on
   TPU, ``"pallas_gpu"`` otherwise); on a backend without that hardware the
   kernel runs in interpret mode (logged once).  ``interpret=False`` there is an

@@ -10,18 +10,20 @@ import jax.numpy as jnp
 from absl import logging
 
 from kernels import interpret as interpret_rule
-from kernels.moba import dispatch, reference, selection, xla
+from kernels.moba import blocked, dispatch, reference, selection, xla
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas", "pallas_tpu", "pallas_gpu")
+IMPLEMENTATIONS = ("reference", "xla", "blocked", "pallas", "pallas_tpu", "pallas_gpu")
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tiling of the sparse paths (``xla`` and the Pallas kernels).
+    """Tiling of the sparse paths (``xla``, ``blocked`` and the Pallas kernels).
 
     Attributes:
       block_rows: ``G``, sorted (token, head, slot) rows per tile; a multiple of 8
-        (TPU sublanes), a power of two >= 16 for the GPU kernel.
+        (TPU sublanes), a power of two >= 16 for the GPU kernel. The ``blocked`` path's
+        past-block tiles take it too (``blocked.DEFAULT_TILE_ROWS`` without a
+        ``BlockSizes``).
       block_k: GPU kernel only: keys per inner step, a power of two >= 16 dividing
         ``block_size`` (the whole MoBA block is one step on TPU and in xla).
       num_warps, num_stages: GPU (Triton) launch parameters.
@@ -169,9 +171,11 @@ def moba_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int,
       top_k: blocks per query, the current block included.
       scale: softmax scale, default ``1 / sqrt(D)``.
       implementation: ``"reference"`` (dense, ``T^2``), ``"xla"`` (exact, linear in
-        ``T``, any backend), ``"pallas"`` (the kernel for this backend: TPU Mosaic or
-        GPU Triton; interpreted elsewhere), or ``"pallas_tpu"`` / ``"pallas_gpu"``
-        to name the kernel variant explicitly.
+        ``T``, any backend), ``"blocked"`` (exact, linear in ``T``: the current block
+        as one causal tile per block, the chosen past blocks as tiles of one block each;
+        the fast path on CPU, ``kernels/moba/blocked.py``), ``"pallas"`` (the kernel
+        for this backend: TPU Mosaic or GPU Triton; interpreted elsewhere), or
+        ``"pallas_tpu"`` / ``"pallas_gpu"`` to name the kernel variant explicitly.
       block_sizes: tiling of the sparse paths, default ``BlockSizes()``.
       interpret: Pallas only.  ``None``: interpret when the kernel's backend is
         absent (logged once); ``False`` on the wrong backend raises.
@@ -185,6 +189,10 @@ def moba_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int,
     if implementation == "reference":
         return reference.moba_attention_reference(q, k, v, block_size=block_size, top_k=top_k,
                                                   scale=scale)
+    if implementation == "blocked":
+        rows = block_sizes.block_rows if block_sizes else blocked.DEFAULT_TILE_ROWS
+        return blocked.moba_blocked(q, k, v, block_size=block_size, top_k=top_k, scale=scale,
+                                    tile_rows=rows)
     block_sizes = block_sizes or BlockSizes()
     if implementation == "xla":
         variant, interpret = "xla", False

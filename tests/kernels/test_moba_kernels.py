@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from kernels.lowering import KERNEL_CALL_TARGETS, lower_for
-from kernels.moba import BlockSizes, moba_attention, ops
+from kernels.moba import BlockSizes, blocked, moba_attention, ops
+from kernels.moba import cost as ops_cost
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2}
-SPARSE = ["xla", "pallas_tpu", "pallas_gpu"]
+SPARSE = ["xla", "blocked", "pallas_tpu", "pallas_gpu"]
 # Small tiles so that one tile spans several blocks and a block several tiles.
 SMALL_TILES = BlockSizes(block_rows=16, block_k=16)
 
@@ -82,7 +83,7 @@ def test_sparse_matches_reference(implementation, case, dtype):
         assert err < TOL[dtype], f"{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+@pytest.mark.parametrize("implementation", ["xla", "blocked", "pallas"])
 def test_default_tiling_matches_reference(implementation):
     # Default BlockSizes (128-row tiles: one tile holds several blocks' rows).
     args, want = _expected("longer", jnp.float32)
@@ -116,13 +117,67 @@ def _largest_intermediate(jaxpr) -> int:
     return biggest
 
 
-def test_xla_path_never_materialises_seq_by_seq():
+@pytest.mark.parametrize("implementation", ["xla", "blocked"])
+def test_xla_path_never_materialises_seq_by_seq(implementation):
     t, bs = 16384, 128
     spec = jax.ShapeDtypeStruct((1, t, 1, 64), jnp.float32)
-    grad = jax.grad(lambda q, k, v: moba_attention(q, k, v, block_size=bs, top_k=3).sum(),
+    grad = jax.grad(lambda q, k, v: moba_attention(q, k, v, block_size=bs, top_k=3,
+                                                   implementation=implementation).sum(),
                     argnums=(0, 1, 2))
     biggest = _largest_intermediate(jax.make_jaxpr(grad)(spec, spec, spec).jaxpr)
     assert biggest < t * t // 16, f"an intermediate has {biggest} elements (T^2 = {t * t})"
+
+
+# --- the blocked path's plan, chunks and cost ---------------------------------------
+
+def test_blocked_plan_places_every_pair_once():
+    b, t, hq, hkv, bs, top_k, rows = 2, 200, 4, 2, 16, 4, 8
+    q, k, _, _ = _inputs(5, b, t, hq, hkv, 8, jnp.float32)
+    from kernels.moba import selection
+    past = np.asarray(selection.select_slots(q, k, block_size=bs, top_k=top_k))[..., 1:]
+    m = blocked.num_past_tiles(t, hq // hkv, bs, top_k, rows)
+    plan = jax.tree.map(np.asarray, blocked.make_plan(jnp.asarray(past), hkv, bs, rows, m))
+    r, s = hq // hkv, top_k - 1
+    pairs = past.reshape(b, t, hkv, r, s).transpose(0, 2, 1, 3, 4).reshape(b * hkv, -1)
+    for bg in range(b * hkv):
+        pos = plan.pair_pos_BGP[bg]
+        valid = pairs[bg] >= 0
+        assert np.all((pos >= 0) == valid)
+        assert valid.sum() == r * blocked.valid_past_pairs(t, bs, top_k)
+        assert len(set(pos[valid])) == valid.sum()                  # one row per pair
+        rows_of = np.arange(pairs.shape[1]) // s
+        np.testing.assert_array_equal(plan.pos_row_BGX[bg][pos[valid]], rows_of[valid])
+        tile_of = pos[valid] // rows                                # in its block's tile
+        np.testing.assert_array_equal(plan.tile_block_BGM[bg][tile_of], pairs[bg][valid])
+        assert np.all(np.diff(plan.tile_block_BGM[bg]) >= 0)
+        assert np.sum(plan.pos_row_BGX[bg] >= 0) == valid.sum()     # the rest is empty
+
+
+def test_blocked_chunked_steps_match_reference(monkeypatch):
+    # A small chunk bound: the 10 current blocks take 4 lax.scan steps of 3 and the 72
+    # past tiles 5 steps of 15, both last steps padded.
+    monkeypatch.setattr(blocked, "_CHUNK_SCORE_ELEMENTS", 7680)
+    assert blocked._chunking(10, 2 * 32 * 32) == (4, 3)
+    assert blocked.past_layout(300, 2, 32, 3, 16) == (5, 15)
+    args, want = _expected("longer", jnp.float32)
+    # Tiles of 16 rows, and a BlockSizes of its own so that jit traces afresh.
+    got = _out_and_grads(*args, block_size=32, top_k=3, implementation="blocked",
+                         block_sizes=BlockSizes(block_rows=16, block_k=32))
+    for g, w in zip(got, want):
+        assert _rel_err(g, w) < 1e-5
+
+
+def test_blocked_scored_pairs_golden():
+    # The replication's MoBA (T=1024, block 64, top-3, 2 query heads on 1 key head):
+    # 16 causal tiles [2 * 64, 64] and 73 past tiles of 64 rows per sequence, i.e.
+    # ceil((2 * 1856 valid pairs + 15 * 63) / 64) = 73.
+    assert blocked.num_past_tiles(1024, 2, 64, 3, 64) == 73
+    pairs = blocked.scored_pairs_per_token(1024, 2, 1, 64, 3)
+    assert pairs == (16 * 128 * 64 + 73 * 64 * 64) / 1024 == 420.0
+    # Between MoBA's exact pairs and the xla path's work items.
+    t = np.arange(1024)
+    exact = 2 * np.mean(t % 64 + 1 + np.minimum(2, t // 64) * 64)
+    assert exact < pairs < ops_cost.scored_pairs_per_token(1024, 2, 1, 32, 64, 3)
 
 
 # --- cross-platform lowering ---------------------------------------------------------

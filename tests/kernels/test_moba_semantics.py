@@ -108,7 +108,8 @@ def test_reference_matches_numpy_loop(t, block_size, top_k, hkv, dtype):
         assert np.all(row[len(blocks):] == -1)
 
 
-def test_ties_go_to_the_lower_block_index():
+@pytest.mark.parametrize("implementation", ["xla", "blocked"])
+def test_ties_go_to_the_lower_block_index(implementation):
     # Blocks 0..4 hold identical keys, so their pooled keys (and gates) tie exactly.
     bs, t = 4, 26
     q, k, v = _inputs(2, 1, t, 2, 1, 8, jnp.float32)
@@ -120,7 +121,7 @@ def test_ties_go_to_the_lower_block_index():
                                   np.broadcast_to([True, True, False, False, False],
                                                   (bs, 2, 5)))
     want, _, _ = moba_numpy(q, k, v, block_size=bs, top_k=3)
-    got = moba_jit(q, k, v, block_size=bs, top_k=3, implementation="xla")
+    got = moba_jit(q, k, v, block_size=bs, top_k=3, implementation=implementation)
     assert _rel_err(got, want) < 1e-5
 
 
