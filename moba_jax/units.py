@@ -9,7 +9,10 @@
   ``"exact"``: every matmul the architecture needs at the run's sequence length
   (causal attention over exactly the pairs its mask allows); training = 3 x forward.
   ``"compiled"``: what the program we run computes (dense attention computes all
-  ``T^2`` pairs); the count tested against XLA's ``cost_analysis()``.
+  ``T^2`` pairs), its element-wise work included (norms, activations, softmax, masks,
+  rotary, the loss); training counts forward plus backward term by term, not 3 x
+  forward (``moba_jax/accounting.py``); the count tested against XLA's
+  ``cost_analysis()`` (``tests/test_flops*.py``).
 
 The analysis package reads plain result files and keeps the reader's side of these
 definitions in ``analysis/units.py``; ``tests/test_layering.py`` checks both agree.

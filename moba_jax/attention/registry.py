@@ -28,6 +28,13 @@ Accounting (per layer, from the model config alone, no arrays):
   of the layer in the ``"exact"`` convention (what the mechanism needs) and the
   ``"compiled"`` convention (what the configured implementation computes), see
   ``shared/design/scaling.md``. The ``"6nd"`` count follows from ``param_count``.
+  Optional: ``train_flops_per_token(cfg, seq_len, convention) -> float``, a static
+  method: forward plus backward FLOPs per token of the layer in a training step. A
+  kind without one gets ``3 * flops_per_token(...)`` (:func:`default_train_flops`): the
+  definition in "exact" (scaling.md: backward = two matmuls per forward matmul), and
+  right for the matmuls in "compiled". The built-in kinds define it because in
+  "compiled" the element-wise backward is no fixed multiple of the forward
+  (``moba_jax/elementwise.py``) and some work has no backward (MoBA's routing).
 Presentation:
   ``display_name`` (the paper's name, e.g. ``"MoBA"``) and ``colour_family`` (a
   matplotlib colormap name; arms of one family get shades of it in figures).
@@ -86,9 +93,31 @@ def register_attention(name: str) -> Callable[[type], type]:
         cls.kind = name
         if not hasattr(cls, "switch_target"):
             cls.switch_target = None
+        if not _defines_train_flops(cls):
+            cls.train_flops_per_token = staticmethod(default_train_flops(cls))
         _REGISTRY[name] = cls
         return cls
     return wrap
+
+
+def _owner(cls: type, attr: str) -> type | None:
+    return next((c for c in cls.__mro__ if attr in vars(c)), None)
+
+
+def _defines_train_flops(cls: type) -> bool:
+    """Whether ``cls`` has a ``train_flops_per_token`` written for its own
+    ``flops_per_token``: defined on the class that defines the forward count, or below
+    it (a subclass that overrides only the forward count does not inherit the training
+    count of its parent, which would no longer match it)."""
+    train, fwd = _owner(cls, "train_flops_per_token"), _owner(cls, "flops_per_token")
+    return train is not None and issubclass(train, fwd)
+
+
+def default_train_flops(cls: type) -> Callable[..., float]:
+    """``3 x`` the kind's forward count: the contract's default training count."""
+    def train_flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        return 3.0 * cls.flops_per_token(cfg, seq_len, convention)
+    return train_flops_per_token
 
 
 def get_attention(name: str) -> type:
