@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from moba_jax import accounting, units
+from moba_jax import accounting, elementwise, units
 from moba_jax.attention import kda
-from moba_jax.attention.full import qkvo_flops
+from moba_jax.attention.full import qkvo_elementwise, qkvo_flops
 from moba_jax.model import default_model_config, layer_kinds
 from moba_jax.train.state import init_params, model_spec
 
@@ -41,9 +41,14 @@ def test_conventions_and_units():
     T = 256
     fwd_exact = accounting.forward_flops_per_token(cfg, T, "exact")
     fwd_comp = accounting.forward_flops_per_token(cfg, T, "compiled")
-    # Causal attention needs (T+1)/2 keys per query on average; dense computes T.
+    # Causal attention needs (T+1)/2 keys per query on average; dense computes T, and
+    # in "compiled" also the softmax over them and the rotary embedding.
     attn_core = lambda f: f["attention"] - cfg.n_layers * qkvo_flops(cfg)
-    assert attn_core(fwd_exact) / attn_core(fwd_comp) == pytest.approx((T + 1) / (2 * T))
+    per_key = cfg.n_layers * 4.0 * cfg.head_dim * cfg.n_heads
+    assert attn_core(fwd_exact) == pytest.approx(per_key * (T + 1) / 2)
+    softmax = elementwise.softmax_attention("xla", cfg.n_heads * T)[0]
+    around = qkvo_elementwise(cfg, rope=True)[0]
+    assert attn_core(fwd_comp) == pytest.approx(per_key * T + cfg.n_layers * (softmax + around))
     assert accounting.train_flops_per_token(cfg, T, "exact") == pytest.approx(3 * fwd_exact["total"])
     assert accounting.train_flops_per_token(cfg, T, "6nd") == 6 * accounting.non_embedding_params(cfg)
     assert units.to_pflops_days(8.64e19) == pytest.approx(1.0)

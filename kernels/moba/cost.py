@@ -4,12 +4,16 @@ The sparse paths (``xla`` and the Pallas kernels) walk a static list of work ite
 (``dispatch.Geometry.num_items``), each a ``[rows_per_tile, block_size]`` score tile
 and its ``PV`` product; the ``xla`` path pads the list to whole ``lax.scan`` steps.
 :func:`scored_pairs_per_token` turns that into (query row, key) pairs per token, the
-quantity the model's "compiled" FLOP count multiplies by ``4 * head_dim``.
+quantity the model's "compiled" FLOP count multiplies by ``4 * head_dim``, and
+:func:`elementwise_per_token` the element-wise work around those products, forward and
+backward, as XLA's cost analysis counts it (one FLOP per element of each element-wise
+operation, ``n - 1`` per reduction over ``n``).
 """
 from __future__ import annotations
 
 from kernels.moba.dispatch import Geometry
 from kernels.moba.ops import BlockSizes
+from kernels.moba.selection import num_blocks
 from kernels.moba.xla import items_per_step
 
 
@@ -26,3 +30,49 @@ def scored_pairs_per_token(seq_len: int, num_q_heads: int, num_kv_heads: int, he
     per_step = items_per_step(geo, num_kv_heads)
     items = -(-geo.num_items // per_step) * per_step
     return num_kv_heads * items * geo.rows_per_tile * block_size / seq_len
+
+
+# Index arithmetic of the dispatch plan per (row, slot) pair: the sort's inverse, the
+# block runs' searchsorted bounds, the tiles' row ranges, the gathers' bounds checks and
+# the merge of a row's slots (integer and compare operations; measured on XLA:CPU).
+PLAN_OPS_PER_PAIR = 75.0
+
+
+def elementwise_per_token(seq_len: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                          block_size: int, top_k: int, implementation: str = "xla",
+                          block_sizes: BlockSizes | None = None) -> tuple[float, float]:
+    """Element-wise FLOPs per token of one MoBA call: ``(forward, backward)``.
+
+    Sparse paths (``xla``, Pallas), with ``S`` the scored (row, key) pairs of the work
+    items (:func:`scored_pairs_per_token`), ``O = S D / Bs`` their output elements,
+    ``W`` their rows and ``P = Hq top_k`` the (row, slot) pairs per token:
+
+    - forward: per score the scale, the causal-and-row mask (2), the select, the row
+      max, ``s - m`` and the row sum (7 S); per output element the division by the row
+      sum, its select and the scatter-add into sorted rows (3 O); per item row the max's
+      and sum's guards, ``lse`` and its scatter (12 W); the merge of a row's slots
+      weighted in log-sum-exp space (``P D``); the plan's index arithmetic
+      (:data:`PLAN_OPS_PER_PAIR` per pair); the gate's mask over the past blocks
+      (``Hq N``; the gate's product and the key pooling are the caller's routing term);
+    - backward: the recomputed masked scores (4 S), ``P = exp(S - lse)`` selected (2 S),
+      ``dS = P (dP - delta) scale`` (3 S); the scatter-adds of ``dq`` (O) and of
+      ``dk``, ``dv`` into key blocks (``2 O Bs / G``); the sum of a row's slots for
+      ``dq`` (``5/3 P D``: select and reduce); ``delta = rowsum(dO O)`` (``2 Hq D``).
+      Routing has no backward.
+
+    ``"reference"``: dense masked softmax over all ``T`` keys (scale, the block mask's
+    ``and``, its additive bias, max, subtract, sum, normalise: 7 per (head, key) pair)
+    and the rank test of the block choice (about 6 compares and logic per (head, block,
+    block)); its autodiff backward is that of a dense softmax (14 per pair).
+    """
+    hq, hkv, d, bs = num_q_heads, num_kv_heads, head_dim, block_size
+    n = num_blocks(seq_len, bs)
+    if implementation == "reference":
+        scored = hq * seq_len
+        return 7.0 * scored + 6.0 * hq * n * n + 3.0 * hq * n, 14.0 * scored
+    rows = (block_sizes or BlockSizes()).block_rows
+    s = scored_pairs_per_token(seq_len, hq, hkv, d, bs, top_k, block_sizes)
+    o, w, pairs = s * d / bs, s / bs, hq * top_k
+    fwd = 7.0 * s + 3.0 * o + 12.0 * w + pairs * d + PLAN_OPS_PER_PAIR * pairs + hq * n
+    bwd = 9.0 * s + o + 2.0 * o * bs / rows + 5.0 / 3.0 * pairs * d + 2.0 * hq * d
+    return fwd, bwd

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.causal import DEFAULT_QUERY_BLOCK, blocked_attention, blocked_key_counts
+from moba_jax import elementwise as ew
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import one_of, positive
@@ -41,6 +42,16 @@ def qkvo_params(cfg) -> int:
 def qkvo_flops(cfg) -> float:
     """Per-token forward FLOPs of the q, k, v, o projections."""
     return 2.0 * qkvo_params(cfg)
+
+
+def qkvo_elementwise(cfg, rope: bool) -> tuple[float, float]:
+    """Compiled per-token element-wise FLOPs ``(forward, train)`` around the attention
+    of a q, k, v, o layer: the rotary embedding of q and k (``rope``) and, in the
+    backward, the sum of the gradients of ``x`` from its three readers ``W_q, W_k, W_v``
+    (``moba_jax/elementwise.py``)."""
+    elements = (cfg.n_heads + cfg.n_kv_heads) * cfg.head_dim
+    rot = ew.rotary(elements, cfg.head_dim) if rope else (0.0, 0.0)
+    return ew.add(rot, ew.fanout(cfg.d_model, 3))
 
 
 def causal_pairs_per_token(seq_len: int) -> float:
@@ -198,11 +209,30 @@ class FullAttention(QKVOAttention):
         """Projections plus ``QK^T`` and ``PV`` (``2 head_dim`` each per query head and key):
         over the ``(T+1)/2`` causal keys ("exact"), over all ``T`` keys as the dense
         program computes them, or up to each query block's end on the blocked path
-        ("compiled")."""
-        keys = causal_pairs_per_token(seq_len)
+        ("compiled", with the softmax's, rotary's and projections' element-wise work)."""
         if convention == "compiled":
-            keys = compiled_keys_per_query(cfg.attention.full, seq_len)
+            return FullAttention._compiled(cfg, seq_len)[0]
+        keys = causal_pairs_per_token(seq_len)
         return qkvo_flops(cfg) + 4.0 * cfg.head_dim * cfg.n_heads * keys
+
+    @staticmethod
+    def train_flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """3 x forward; in "compiled" the matmuls 3 x and the element-wise forward plus
+        its backward (``moba_jax/elementwise.py``)."""
+        if convention != "compiled":
+            return 3.0 * FullAttention.flops_per_token(cfg, seq_len, convention)
+        return FullAttention._compiled(cfg, seq_len)[1]
+
+    @staticmethod
+    def _compiled(cfg, seq_len: int) -> tuple[float, float]:
+        """Compiled per-token ``(forward, train)``: the matmuls over the keys the path
+        scores, the softmax over them (by implementation), rotary and projections."""
+        opts = cfg.attention.full
+        scored = cfg.n_heads * compiled_keys_per_query(opts, seq_len)
+        matmuls = qkvo_flops(cfg) + 4.0 * cfg.head_dim * scored
+        fwd, train = ew.add(ew.softmax_attention(str(opts.implementation), scored),
+                            qkvo_elementwise(cfg, bool(opts.get("rope", True))))
+        return matmuls + fwd, 3.0 * matmuls + train
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)

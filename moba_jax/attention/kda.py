@@ -35,7 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
-from kernels.kda.cost import chunk_flops
+from kernels.kda.cost import chunk_backward_flops, chunk_flops
+from moba_jax import elementwise as ew
 from moba_jax import layers
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, one_of, positive
@@ -137,10 +138,37 @@ def kda_core_compiled_per_token(cfg, seq_len: int) -> float:
     return h * n * per_chunk / seq_len
 
 
-def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
+def kda_core_backward_compiled_per_token(cfg, seq_len: int) -> float:
+    """Per-token FLOPs of the recurrence's backward as the configured path computes it
+    (all heads): the chunked path's own backward (:func:`kernels.kda.cost.chunk_backward_flops`),
+    else twice the forward (autodiff of the token scan; the Pallas backward kernels)."""
+    o = cfg.attention.kda
+    if o.implementation != "xla":
+        return 2.0 * kda_core_compiled_per_token(cfg, seq_len)
+    c = int(o.chunk_size)
+    n = -(-seq_len // c)
+    per_chunk = sum(chunk_backward_flops(c, cfg.head_dim).values())
+    return cfg.n_heads * n * per_chunk / seq_len
+
+
+def kda_layer_elementwise(cfg) -> tuple[float, float]:
+    """Compiled per-token element-wise FLOPs ``(forward, train)`` of a KDA layer around
+    the recurrence (``moba_jax/elementwise.py``): SiLU and L2 norm of q, k (SiLU of v),
+    the decay's softplus, beta's and the output gate's sigmoids, the per-head output
+    norm and the gate product; in the backward also the gradient sum of ``x`` over its
+    six readers (``W_q, W_k, W_v``, the decay, beta and gate projections)."""
+    h, e = cfg.n_heads, cfg.n_heads * cfg.head_dim
+    return ew.add(ew.per_element(ew.SILU, 3 * e), ew.per_element(ew.L2_NORM, 2 * e),
+                  ew.per_element(ew.SOFTPLUS_DECAY, e), ew.per_element(ew.SIGMOID, h + e),
+                  ew.per_element(ew.GATE_PRODUCT, e), ew.rmsnorm(cfg.head_dim, h, inner=True),
+                  ew.fanout(cfg.d_model, 6))
+
+
+def kda_uncounted_by_xla(cfg, seq_len: int, train: bool = False) -> float:
     """Per-token FLOPs of the "compiled" KDA count that XLA's CPU cost analysis does
-    not see: the scan body beyond its first trip. Used by the FLOP tests to compare
-    like with like; see :func:`kernels.kda.cost.chunk_flops`. This holds while the sequence
+    not see: the scan body beyond its first trip (with ``train``, the backward's reverse
+    scan's too). Used by the FLOP tests to compare like with like; see
+    :func:`kernels.kda.cost.chunk_flops`. This holds while the sequence
     runs as one segment (``kernels.kda.cost.num_segments``: up to about 1 MiB per q-sized
     float32 tensor, batch x seq_len x heads x head_dim x 4 bytes); a longer input runs
     as s segments, each with its own scan, and XLA then sees s trips."""
@@ -149,8 +177,10 @@ def kda_uncounted_by_xla(cfg, seq_len: int) -> float:
         raise ValueError("kda_uncounted_by_xla describes the chunked 'xla' path only")
     c = int(o.chunk_size)
     n = -(-seq_len // c)
-    terms = chunk_flops(c, cfg.head_dim)
-    return cfg.n_heads * (n - 1) * terms["scan"] / seq_len
+    body = chunk_flops(c, cfg.head_dim)["scan"]
+    if train:
+        body += chunk_backward_flops(c, cfg.head_dim)["scan"]
+    return cfg.n_heads * (n - 1) * body / seq_len
 
 
 @register_attention("kda")
@@ -190,13 +220,24 @@ class KDAttention(nnx.Module):
     @staticmethod
     def flops_per_token(cfg, seq_len: int, convention: str) -> float:
         """Projections around the recurrence plus the recurrence itself: kda.md's
-        chunked cost ("exact"), or what the configured path computes ("compiled")."""
+        chunked cost ("exact"), or what the configured path computes ("compiled", with
+        the layer's element-wise work, :func:`kda_layer_elementwise`)."""
         if convention == "compiled":
-            core = kda_core_compiled_per_token(cfg, seq_len)
-        else:
-            core = cfg.n_heads * kda_core_exact_per_token(
-                cfg.head_dim, int(cfg.attention.kda.chunk_size), seq_len)
+            return (kda_projection_flops(cfg) + kda_core_compiled_per_token(cfg, seq_len)
+                    + kda_layer_elementwise(cfg)[0])
+        core = cfg.n_heads * kda_core_exact_per_token(
+            cfg.head_dim, int(cfg.attention.kda.chunk_size), seq_len)
         return kda_projection_flops(cfg) + core
+
+    @staticmethod
+    def train_flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """3 x forward; in "compiled" the projections 3 x, the recurrence's forward and
+        its own backward, and the layer's element-wise forward plus backward."""
+        if convention != "compiled":
+            return 3.0 * KDAttention.flops_per_token(cfg, seq_len, convention)
+        return (3.0 * kda_projection_flops(cfg) + kda_core_compiled_per_token(cfg, seq_len)
+                + kda_core_backward_compiled_per_token(cfg, seq_len)
+                + kda_layer_elementwise(cfg)[1])
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         opts = cfg.attention.kda

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.causal import DEFAULT_QUERY_BLOCK
+from moba_jax import elementwise as ew
 from moba_jax import layers
 from moba_jax.attention.full import (causal_attention_blocked, causal_pairs_per_token,
                                      compiled_keys_per_query)
@@ -100,6 +101,31 @@ def mla_projection_flops(cfg) -> float:
     return q + 2.0 * (d * dc + 2 * dc * h * hd + d * dr) + 2.0 * h * hd * d
 
 
+def mla_compiled(cfg, seq_len: int) -> tuple[float, float]:
+    """Compiled per-token ``(forward, train)`` FLOPs of one MLA layer: the matmuls (3 x in
+    training) over the keys the path scores, and the element-wise work
+    (``moba_jax/elementwise.py``): the softmax, the RMSNorm of each latent, the rotary
+    part of q and the shared key (``rope``), and in the backward the gradient sums of the
+    vectors read by several projections (``x``; the kv latent) and of the shared
+    rotary key broadcast to every head."""
+    o = cfg.attention.mla
+    h, hd, d = cfg.n_heads, cfg.head_dim, cfg.d_model
+    dc, dr, dq = _mla_dims(cfg)
+    scored = h * compiled_keys_per_query(o, seq_len)
+    pv = hd + dr if o.implementation == "xla" else hd
+    matmuls = mla_projection_flops(cfg) + scored * 2.0 * ((hd + dr) + pv)
+    parts = [ew.softmax_attention(str(o.implementation), scored),
+             ew.rmsnorm(dc, inner=True), ew.fanout(d, 3 if dr else 2), ew.fanout(dc, 2)]
+    if dq:
+        parts.append(ew.rmsnorm(dq, inner=True))
+    if dr:
+        parts.append((0.0, 2.0 * h * dr))
+        if bool(o.rope):
+            parts.append(ew.rotary((h + 1) * dr, dr))
+    fwd, train = ew.add(*parts)
+    return matmuls + fwd, 3.0 * matmuls + train
+
+
 def mla_cache_per_token(cfg) -> int:
     """Numbers cached per token by one MLA layer when decoding: ``d_c + d_r``."""
     dc, dr, _ = _mla_dims(cfg)
@@ -149,16 +175,23 @@ class MLAttention(nnx.Module):
         "compiled": the dense paths score all ``T`` keys, the blocked path each query
         block's key prefix; the xla path zero-pads v to
         ``head_dim + rope_dim`` (``jax.nn.dot_product_attention`` needs one width), so
-        its PV product is that wide too.
+        its PV product is that wide too. Plus the element-wise work: the softmax, the
+        latents' norms and the rotary part (:func:`mla_compiled`).
         """
+        if convention == "compiled":
+            return mla_compiled(cfg, seq_len)[0]
         h, hd = cfg.n_heads, cfg.head_dim
         _, dr, _ = _mla_dims(cfg)
-        if convention == "compiled":
-            keys = compiled_keys_per_query(cfg.attention.mla, seq_len)
-            pv = hd + dr if cfg.attention.mla.implementation == "xla" else hd
-        else:
-            keys, pv = causal_pairs_per_token(seq_len), hd
+        keys, pv = causal_pairs_per_token(seq_len), hd
         return mla_projection_flops(cfg) + 2.0 * h * keys * ((hd + dr) + pv)
+
+    @staticmethod
+    def train_flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """3 x forward; in "compiled" the matmuls 3 x and the element-wise forward plus
+        its backward (:func:`mla_compiled`)."""
+        if convention == "compiled":
+            return mla_compiled(cfg, seq_len)[1]
+        return 3.0 * MLAttention.flops_per_token(cfg, seq_len, convention)
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         opts = cfg.attention.mla

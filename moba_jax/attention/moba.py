@@ -21,8 +21,9 @@ import numpy as np
 from flax import nnx
 
 from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
+from kernels.moba.cost import elementwise_per_token as moba_elementwise
 from kernels.moba.reference import selected_block_mask
-from moba_jax.attention.full import QKVOAttention, qkvo_flops
+from moba_jax.attention.full import QKVOAttention, qkvo_elementwise, qkvo_flops
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, one_of, positive
 
@@ -38,6 +39,28 @@ def moba_keys_per_token(seq_len: int, block_size: int, top_k: int) -> tuple[floa
     c = t // block_size
     keys = (t % block_size + 1) + np.minimum(top_k - 1, c) * block_size
     return float(keys.mean()), float(c.mean())
+
+
+def _compiled_matmuls(cfg, seq_len: int) -> tuple[float, float]:
+    """Compiled per-token matmul FLOPs: ``(projections and attention, routing)``."""
+    o = cfg.attention.moba
+    bs, k = int(o.block_size), int(o.top_k)
+    hd, hq, hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+    routing = 2.0 * hd * hq * -(-seq_len // bs) + hd * hkv
+    if o.implementation == "reference":
+        return qkvo_flops(cfg) + 4.0 * hd * hq * seq_len, routing
+    pairs = scored_pairs_per_token(seq_len, hq, hkv, hd, bs, k)
+    return qkvo_flops(cfg) + 4.0 * hd * pairs, routing
+
+
+def _compiled_elementwise(cfg, seq_len: int) -> tuple[float, float]:
+    """Compiled per-token element-wise FLOPs ``(forward, train)``: the op's and the
+    rotary and projections' around it."""
+    o = cfg.attention.moba
+    fwd, bwd = moba_elementwise(seq_len, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+                                int(o.block_size), int(o.top_k), str(o.implementation))
+    around = qkvo_elementwise(cfg, bool(o.get("rope", True)))
+    return fwd + around[0], fwd + bwd + around[1]
 
 
 @register_attention("moba")
@@ -69,7 +92,9 @@ class MoBAAttention(QKVOAttention):
         past blocks), its gate over every past block's pooled key, and the pooling.
         "compiled": every path scores each query against every block's pooled key
         (then masks the non-past ones); the reference scores all ``T`` keys, the sparse
-        paths the tiles of their work list (:func:`kernels.moba.scored_pairs_per_token`)."""
+        paths the tiles of their work list (:func:`kernels.moba.scored_pairs_per_token`);
+        plus the element-wise work of the op (:func:`kernels.moba.cost.elementwise_per_token`),
+        the rotary embedding and the projections'."""
         o = cfg.attention.moba
         bs, k = int(o.block_size), int(o.top_k)
         hd, hq, hkv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
@@ -77,11 +102,20 @@ class MoBAAttention(QKVOAttention):
             keys, gated = moba_keys_per_token(seq_len, bs, k)
             pooling = hd * hkv                # one add per key element into its block mean
             return qkvo_flops(cfg) + 4.0 * hd * hq * keys + 2.0 * hd * hq * gated + pooling
-        gate = 2.0 * hd * hq * -(-seq_len // bs) + hd * hkv
-        if o.implementation == "reference":
-            return qkvo_flops(cfg) + 4.0 * hd * hq * seq_len + gate
-        pairs = scored_pairs_per_token(seq_len, hq, hkv, hd, bs, k)
-        return qkvo_flops(cfg) + 4.0 * hd * pairs + gate
+        attend, routing = _compiled_matmuls(cfg, seq_len)
+        fwd, _ = _compiled_elementwise(cfg, seq_len)
+        return attend + routing + fwd
+
+    @staticmethod
+    def train_flops_per_token(cfg, seq_len: int, convention: str) -> float:
+        """3 x forward, but in "compiled": the projections and attention products 3 x,
+        the routing (gate product, pooling, block choice) once, since no gradient flows
+        through it, and the element-wise forward plus its backward."""
+        if convention != "compiled":
+            return 3.0 * MoBAAttention.flops_per_token(cfg, seq_len, convention)
+        attend, routing = _compiled_matmuls(cfg, seq_len)
+        _, train = _compiled_elementwise(cfg, seq_len)
+        return 3.0 * attend + routing + train
 
     def __init__(self, cfg, layer_idx: int, *, rngs: nnx.Rngs):
         super().__init__(cfg, layer_idx, rngs=rngs)
