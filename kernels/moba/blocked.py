@@ -17,7 +17,8 @@ Tiles gather their query rows (forward) and their ``dO``, ``lse``, ``delta`` row
 (backward); the results come back per pair by a gather through each pair's position.
 Backward is FlashAttention's (``P = exp(S - lse)`` from the saved final ``lse``,
 ``delta = rowsum(dO * O)``); the past tiles' ``dk``/``dv`` are summed into their key
-blocks by a one-hot product over tiles. Work is ``(T R Bs + #tiles G Bs) D`` per key
+blocks by one sorted scatter-add of whole tiles (on CPU as fast as a one-hot product
+over tiles, whose cost would grow like ``T^2``). Work is ``(T R Bs + #tiles G Bs) D`` per key
 head, linear in ``T``; tiles are processed in chunks of bounded size under ``lax.map``.
 
 Shapes: ``BG = B * Hkv``; rows ``t * R + r`` of a key head; ``N`` key blocks, ``Tp = N
@@ -225,7 +226,7 @@ def _dims(q, k, block_size, top_k, tile_rows) -> _Dims:
     g = k.shape[2]
     r = hq // g
     n = selection.num_blocks(t, block_size)
-    cur_steps, cur_c = _chunking(n, r * block_size * block_size)
+    cur_steps, _ = _chunking(n, r * block_size * block_size)
     steps, per_step = past_layout(t, r, block_size, top_k, tile_rows)
     return _Dims(b, t, g, r, block_size, n, cur_steps, steps, steps * per_step, tile_rows)
 
@@ -281,14 +282,13 @@ def _forward(q, k, v, block_size, top_k, scale, tile_rows):
 def _merge(o_rows, lse_rows, o_past, lse_past, plan, s):
     """Folds each row's past pairs into its current-block result (log-sum-exp space)."""
     bg, rows, d = o_rows.shape
-    pos = plan.pair_pos_BGP
-    pos = pos.reshape(bg, rows, s)
+    pos = plan.pair_pos_BGP.reshape(bg, rows, s)
     o_p = _gather_rows(o_past.reshape(bg, -1, d), pos)
     lse_p = jnp.where(pos >= 0, _gather_rows(lse_past.reshape(bg, -1), pos), -jnp.inf)
     lse = jnp.logaddexp(lse_rows, jax.nn.logsumexp(lse_p, axis=-1))
     w_cur = jnp.exp(lse_rows - lse)
     w_p = jnp.exp(lse_p - lse[..., None])
-    o = w_cur[..., None] * o_rows + jnp.einsum("grs,grsd->grd", w_p, o_p, precision=_HI)
+    o = w_cur[..., None] * o_rows + jnp.sum(w_p[..., None] * o_p, axis=2)
     return o, lse
 
 
@@ -306,6 +306,16 @@ def _tile_grads(q_t, k_t, v_t, do_t, lse_t, delta_t, visible, scale):
     dq = _dot("bnqk,bnkd->bnqd", ds.astype(k_t.dtype), k_t)
     dk = _dot("bnqk,bnqd->bnkd", ds.astype(q_t.dtype), q_t)
     return dq, dk, dv
+
+
+def _add_to_blocks(x_BGCKD, tile_block_BGC, n):
+    """Sums tiles into their key blocks, ``[BG, n, Bs, D]``: one sorted scatter-add of
+    whole ``[Bs * D]`` tiles (unused tiles, block ``n``, are dropped)."""
+    bg, c, bs, d = x_BGCKD.shape
+    idx = (jnp.arange(bg)[:, None] * (n + 1) + tile_block_BGC).reshape(-1)
+    out = jnp.zeros((bg * (n + 1), bs * d), _F32).at[idx].add(
+        x_BGCKD.reshape(bg * c, bs * d), indices_are_sorted=True)
+    return out.reshape(bg, n + 1, bs, d)[:, :n]
 
 
 def _backward(q, k, v, out, lse_rows, plan, dout, block_size, top_k, scale, tile_rows):
@@ -330,7 +340,6 @@ def _backward(q, k, v, out, lse_rows, plan, dout, block_size, top_k, scale, tile
     dk_blk, dv_blk = dk_blk[:, :n], dv_blk[:, :n]
     if plan is not None:
         lse_pad = jnp.concatenate([lse_rows, jnp.full((b * g, 1), jnp.inf, _F32)], axis=1)
-        blocks_N = jnp.arange(n)
 
         def past(acc, tile_block, pos_row):
             live = jnp.where(pos_row >= 0, pos_row, t * r)   # empty rows: lse = +inf
@@ -338,10 +347,8 @@ def _backward(q, k, v, out, lse_rows, plan, dout, block_size, top_k, scale, tile
             dq_t, dk_t, dv_t = _tile_grads(
                 _gather_rows(q_rows, pos_row), k_t, v_t, _gather_rows(do_rows, pos_row),
                 _gather_rows(lse_pad, live), _gather_rows(delta_rows, pos_row), None, scale)
-            onehot = (tile_block[..., None] == blocks_N).astype(_F32)      # [BG, c, N]
-            dk_acc = acc[0] + _dot("bcn,bckd->bnkd", onehot, dk_t)
-            dv_acc = acc[1] + _dot("bcn,bckd->bnkd", onehot, dv_t)
-            return (dk_acc, dv_acc), dq_t
+            return (acc[0] + _add_to_blocks(dk_t, tile_block, n),
+                    acc[1] + _add_to_blocks(dv_t, tile_block, n)), dq_t
 
         (dk_blk, dv_blk), dq_past = _scan(past, dm.past_steps, (dk_blk, dv_blk), [
             plan.tile_block_BGM, plan.pos_row_BGX.reshape(b * g, dm.past_tiles, tile_rows)])
