@@ -14,8 +14,9 @@ and in training also the backward's reverse scan): the unseen trips are added ba
 XLA's number from our own formula (``kda.kda_uncounted_by_xla``, as in
 ``tests/test_flops.py``), so what is checked is everything outside the loops, one body
 of each loop, and the per-token bookkeeping. MoBA's work items fit one scan step at
-these sizes (asserted below), so XLA sees all of them. A conditional counts as its
-largest branch (KDA's leaf-size switch: the usual branch is the largest).
+these sizes (asserted below, for the ``xla`` and ``blocked`` paths), so XLA sees all
+of them. A conditional counts as its largest branch (KDA's leaf-size switch: the usual
+branch is the largest).
 """
 import functools
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import lm, scaling
-from kernels.moba import BlockSizes
+from kernels.moba import BlockSizes, blocked
 from kernels.moba.dispatch import Geometry
 from kernels.moba.xla import items_per_step
 from moba_jax import accounting
@@ -77,10 +78,16 @@ def xla_forward_and_train_step(model_cfg, batch: int, seq_len: int) -> tuple[flo
 
 
 def moba_scan_steps(model_cfg, seq_len: int) -> int:
+    """Loop steps over the MoBA path's tiles (XLA counts one): the ``xla`` path's work
+    items, the ``blocked`` path's past tiles; the reference has no loop."""
     o = model_cfg.attention.moba
-    geo = Geometry(1, seq_len, model_cfg.n_heads, model_cfg.n_kv_heads, model_cfg.head_dim,
-                   int(o.block_size), int(o.top_k), BlockSizes().block_rows)
-    return -(-geo.num_items // items_per_step(geo, model_cfg.n_kv_heads))
+    bs, k, hq, hkv = int(o.block_size), int(o.top_k), model_cfg.n_heads, model_cfg.n_kv_heads
+    if o.implementation == "blocked":
+        return max(1, blocked.past_layout(seq_len, hq // hkv, bs, k, blocked.DEFAULT_TILE_ROWS)[0])
+    if o.implementation != "xla":
+        return 1
+    geo = Geometry(1, seq_len, hq, hkv, model_cfg.head_dim, bs, k, BlockSizes().block_rows)
+    return -(-geo.num_items // items_per_step(geo, hkv))
 
 
 # Compiling these programs takes ~4 s (full, MLA), ~9 s (MoBA) and 16 to 50 s (Kimi

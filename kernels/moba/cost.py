@@ -11,6 +11,7 @@ operation, ``n - 1`` per reduction over ``n``).
 """
 from __future__ import annotations
 
+from kernels.moba import blocked
 from kernels.moba.dispatch import Geometry
 from kernels.moba.ops import BlockSizes
 from kernels.moba.selection import num_blocks
@@ -60,6 +61,16 @@ def elementwise_per_token(seq_len: int, num_q_heads: int, num_kv_heads: int, hea
       ``dq`` (``5/3 P D``: select and reduce); ``delta = rowsum(dO O)`` (``2 Hq D``).
       Routing has no backward.
 
+    ``"blocked"`` (``blocked.py``), with ``S`` its scored pairs
+    (:func:`kernels.moba.blocked.scored_pairs_per_token`) and ``O = S D / Bs``: forward,
+    the tiles' softmax (the current tiles' mask, max, ``s - m``, scale, sum: 5 S; the
+    division by the sum, O), the merge of the past pairs into each row (gathers' and
+    log-sum-exp weights: ``3 Hq (top_k - 1) D + Hq D``), the plan (about 30 per pair) and
+    the gate's mask (``Hq N``); backward, FlashAttention's per tile (scale, ``s - lse``,
+    the current tiles' mask, ``dP - delta``, two products: 6 S), the tiles' ``dk``,
+    ``dv`` added into their blocks (2 O), the past pairs' ``dq`` summed into their rows
+    (``2 Hq (top_k - 1) D``) and ``delta`` (``2 Hq D``).
+
     ``"reference"``: dense masked softmax over all ``T`` keys (scale, the block mask's
     ``and``, its additive bias, max, subtract, sum, normalise: 7 per (head, key) pair)
     and the rank test of the block choice (about 6 compares and logic per (head, block,
@@ -70,6 +81,11 @@ def elementwise_per_token(seq_len: int, num_q_heads: int, num_kv_heads: int, hea
     if implementation == "reference":
         scored = hq * seq_len
         return 7.0 * scored + 6.0 * hq * n * n + 3.0 * hq * n, 14.0 * scored
+    if implementation == "blocked":
+        s = blocked.scored_pairs_per_token(seq_len, hq, hkv, bs, top_k)
+        o, past = s * d / bs, hq * (top_k - 1) * d
+        fwd = 5.0 * s + o + 3.0 * past + hq * d + 30.0 * hq * top_k + hq * n
+        return fwd, 6.0 * s + 2.0 * o + 2.0 * past + 2.0 * hq * d
     rows = (block_sizes or BlockSizes()).block_rows
     s = scored_pairs_per_token(seq_len, hq, hkv, d, bs, top_k, block_sizes)
     o, w, pairs = s * d / bs, s / bs, hq * top_k

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
+from kernels.moba.blocked import scored_pairs_per_token as blocked_pairs_per_token
 from kernels.moba.cost import elementwise_per_token as moba_elementwise
 from kernels.moba.reference import selected_block_mask
 from moba_jax.attention.full import QKVOAttention, qkvo_elementwise, qkvo_flops
@@ -49,6 +50,9 @@ def _compiled_matmuls(cfg, seq_len: int) -> tuple[float, float]:
     routing = 2.0 * hd * hq * -(-seq_len // bs) + hd * hkv
     if o.implementation == "reference":
         return qkvo_flops(cfg) + 4.0 * hd * hq * seq_len, routing
+    if o.implementation == "blocked":
+        pairs = blocked_pairs_per_token(seq_len, hq, hkv, bs, k)
+        return qkvo_flops(cfg) + 4.0 * hd * pairs, routing
     pairs = scored_pairs_per_token(seq_len, hq, hkv, hd, bs, k)
     return qkvo_flops(cfg) + 4.0 * hd * pairs, routing
 
@@ -92,7 +96,8 @@ class MoBAAttention(QKVOAttention):
         past blocks), its gate over every past block's pooled key, and the pooling.
         "compiled": every path scores each query against every block's pooled key
         (then masks the non-past ones); the reference scores all ``T`` keys, the sparse
-        paths the tiles of their work list (:func:`kernels.moba.scored_pairs_per_token`);
+        paths the tiles of their work list (:func:`kernels.moba.scored_pairs_per_token`,
+        :func:`kernels.moba.blocked.scored_pairs_per_token`);
         plus the element-wise work of the op (:func:`kernels.moba.cost.elementwise_per_token`),
         the rotary embedding and the projections'."""
         o = cfg.attention.moba
