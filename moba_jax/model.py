@@ -16,7 +16,12 @@ Model config fields (see :func:`default_model_config`):
 - ``full_attention_last_n``: the last N layers use ``"full"`` whatever the
   pattern says (MoBA's layer-wise hybrid);
 - ``attention.<kind>``: options of each kind (``implementation``, ``rope``, ...);
+- ``mlp_pattern``, ``first_k_dense``, ``moe.<option>``: which layers' MLP is a
+  mixture of experts and its options (``moba_jax/moe/config.py``; default: all dense);
 - ``tie_embeddings``, ``dtype`` (compute dtype), ``rope_theta``, ``norm_eps``.
+
+:meth:`TransformerLM.forward_with_aux` also returns the MoE layers' router statistics
+(``moba_jax/moe/stats.py``), which the train step turns into the balance loss and metrics.
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from flax import nnx
 
 from moba_jax import layers
 from moba_jax.attention import default_options, get_attention
+from moba_jax.moe import MoE, check_moe_options, default_moe_options, mlp_kinds
+from moba_jax.moe import stats as moe_stats
 from moba_jax.sharding import constrain
 from moba_jax.checks import ConfigError, one_of, positive
 
@@ -51,6 +58,9 @@ def default_model_config() -> ml_collections.ConfigDict:
         rope_theta=10000.0,
         norm_eps=1e-6,
         attention=default_options(),
+        mlp_pattern="dense",
+        first_k_dense=0,
+        moe=default_moe_options(),
     ))
 
 
@@ -90,22 +100,35 @@ def validate_model_config(cfg) -> None:
                           "rotary positions rotate pairs of features: give an even size")
     one_of("model.dtype", str(cfg.dtype), ("float32", "bfloat16"))
     layer_kinds(cfg)
+    check_moe_options(cfg)
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg, layer_idx: int, kind: str, *, rngs: nnx.Rngs):
+    def __init__(self, cfg, layer_idx: int, kind: str, *, rngs: nnx.Rngs, mlp_kind: str = "dense"):
         dtype = jnp.dtype(cfg.dtype)
         self.attn_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
         self.attn = get_attention(kind)(cfg, layer_idx, rngs=rngs)
         self.mlp_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
-        self.mlp = layers.SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, dtype=dtype,
-                                 out_scale=(2 * cfg.n_layers) ** -0.5)
+        self.is_moe = mlp_kind == "moe"
+        if self.is_moe:
+            self.mlp = MoE(cfg, rngs=rngs)
+        else:
+            self.mlp = layers.SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, dtype=dtype,
+                                     out_scale=(2 * cfg.n_layers) ** -0.5)
 
-    def __call__(self, x, positions):
+    def forward(self, x, positions):
+        """``(x, router statistics or None)``."""
         x = x + self.attn(self.attn_norm(x), positions)
         x = constrain(x, ("batch", "seq", "embed"))
-        x = x + self.mlp(self.mlp_norm(x))
-        return constrain(x, ("batch", "seq", "embed"))
+        stats = None
+        if self.is_moe:
+            y, stats = self.mlp.forward(self.mlp_norm(x))
+        else:
+            y = self.mlp(self.mlp_norm(x))
+        return constrain(x + y, ("batch", "seq", "embed")), stats
+
+    def __call__(self, x, positions):
+        return self.forward(x, positions)[0]
 
 
 class TransformerLM(nnx.Module):
@@ -115,8 +138,10 @@ class TransformerLM(nnx.Module):
         validate_model_config(cfg)
         dtype = jnp.dtype(cfg.dtype)
         self.kinds = tuple(layer_kinds(cfg))
+        self.mlp_kinds = tuple(mlp_kinds(cfg))
         self.embed = layers.Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, dtype=dtype)
-        self.blocks = nnx.List([Block(cfg, i, k, rngs=rngs) for i, k in enumerate(self.kinds)])
+        self.blocks = nnx.List([Block(cfg, i, k, rngs=rngs, mlp_kind=m)
+                                for i, (k, m) in enumerate(zip(self.kinds, self.mlp_kinds))])
         self.final_norm = layers.RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs)
         self.tie_embeddings = bool(cfg.tie_embeddings)
         if not self.tie_embeddings:
@@ -126,16 +151,34 @@ class TransformerLM(nnx.Module):
     def __call__(self, tokens_BT, positions_BT=None):
         return self.forward_embeddings(self.embed(tokens_BT), positions_BT)
 
+    def forward_with_aux(self, tokens_BT, positions_BT=None):
+        """``(logits, aux)``: ``aux`` is ``{}`` for a dense model, else the MoE layers'
+        router statistics (:func:`moba_jax.moe.stats.stack`)."""
+        return self.forward_embeddings_with_aux(self.embed(tokens_BT), positions_BT)
+
     def forward_embeddings(self, x_BTD, positions_BT=None):
         """Logits from input embeddings (used by the causality test and probes)."""
+        return self.forward_embeddings_with_aux(x_BTD, positions_BT)[0]
+
+    def forward_embeddings_with_aux(self, x_BTD, positions_BT=None):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTD.shape[1]), x_BTD.shape[:2])
         x = constrain(x_BTD, ("batch", "seq", "embed"))
+        stats = []
         for block in self.blocks:
-            x = block(x, positions_BT)
+            x, s = block.forward(x, positions_BT)
+            if s is not None:
+                stats.append(s)
         x = self.final_norm(x)
         logits = self.embed.attend(x) if self.tie_embeddings else self.head(x)
-        return constrain(logits.astype(jnp.float32), ("batch", "seq", "vocab"))
+        return constrain(logits.astype(jnp.float32), ("batch", "seq", "vocab")), moe_stats.stack(stats)
+
+    def update_router_biases(self, load_LE) -> None:
+        """Moves each MoE layer's balancing bias by its load ``load_LE[l]`` (MoE layers in
+        order; :meth:`moba_jax.moe.MoE.update_bias`)."""
+        moe = [b.mlp for b in self.blocks if b.is_moe]
+        for layer, load in zip(moe, load_LE):
+            layer.update_bias(load)
 
 
 def param_counts(params) -> dict[str, int]:

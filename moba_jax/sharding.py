@@ -21,6 +21,10 @@ vocab        tensor               vocabulary rows of embedding / logits
 mlp          tensor               hidden units of the MLP
 q_heads      tensor               query heads
 kv_heads     tensor               key/value heads
+expert       fsdp                 experts of a mixture-of-experts MLP (expert
+                                  parallelism: each device of the axis holds
+                                  E / size experts; ``""`` replicates them, and
+                                  their ``embed`` axis then takes ``fsdp``)
 ===========  ===================  =============================================
 
 Names not in the table (``seq``, ``head_dim``, ``norm``, ...) are replicated.
@@ -45,6 +49,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("q_heads", "tensor"),
     ("kv_heads", "tensor"),
+    ("expert", "fsdp"),
 )
 
 
