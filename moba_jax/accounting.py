@@ -25,6 +25,7 @@ from __future__ import annotations
 from moba_jax import elementwise as ew
 from moba_jax.attention import get_attention
 from moba_jax.model import layer_kinds
+from moba_jax.moe import cost as moe_cost, mlp_kinds
 from moba_jax.units import CONVENTIONS, FORWARD_CONVENTIONS, check_convention
 
 # AdamW with global-norm clipping (moba_jax/train/optim.py) as XLA compiles it: the
@@ -41,15 +42,33 @@ def mlp_params(cfg) -> int:
     return 3 * cfg.d_model * cfg.mlp_dim
 
 
-def non_embedding_params(cfg) -> int:
+def non_embedding_params(cfg, activated: bool = False) -> int:
     """N of the 6ND convention: all parameters but the embedding table and an
-    untied output head (matches :func:`moba_jax.model.param_counts`)."""
+    untied output head (matches :func:`moba_jax.model.param_counts`). ``activated``:
+    only those a token uses (MoE layers: router, top-k and shared experts;
+    ``moba_jax/moe/cost.py``), the N of 6ND for mixture-of-experts models."""
     d = cfg.d_model
-    per_layer_common = mlp_params(cfg) + 2 * d        # SwiGLU + two RMSNorm scales
+    moe = moe_cost.layer_activated_params if activated else moe_cost.layer_params
     total = d                                         # final norm
-    for kind in layer_kinds(cfg):
-        total += per_layer_common + get_attention(kind).param_count(cfg)
+    for kind, mlp in zip(layer_kinds(cfg), mlp_kinds(cfg)):
+        total += 2 * d + get_attention(kind).param_count(cfg)   # two RMSNorm scales
+        total += mlp_params(cfg) if mlp == "dense" else moe(cfg)
     return total
+
+
+def activated_params(cfg) -> int:
+    """Non-embedding parameters a token uses (= :func:`non_embedding_params` for a
+    dense model)."""
+    return non_embedding_params(cfg, activated=True)
+
+
+def _moe_flops(cfg, convention: str) -> tuple[float, float]:
+    """``(forward, train)`` FLOPs per token of all MoE layers (``moba_jax/moe/cost.py``)."""
+    n = mlp_kinds(cfg).count("moe")
+    if not n:
+        return 0.0, 0.0
+    fwd, train = moe_cost.layer_flops(cfg, convention)
+    return n * fwd, n * train
 
 
 def embedding_params(cfg) -> int:
@@ -65,7 +84,8 @@ def _common_compiled(cfg) -> dict[str, tuple[float, float]]:
     norm = ew.rmsnorm(d)
     other = ew.add((n * (2 * norm[0] + 2.0 * d), n * (2 * norm[1] + 2.0 * d)), norm,
                    (3.0 * d, 6.0 * d))
-    return {"mlp": (n * mlp[0], n * mlp[1]), "other": other}
+    n_dense = mlp_kinds(cfg).count("dense")           # MoE layers: _moe_flops
+    return {"mlp": (n_dense * mlp[0], n_dense * mlp[1]), "other": other}
 
 
 def forward_flops_per_token(cfg, seq_len: int, convention: str = "exact") -> dict[str, float]:
@@ -76,7 +96,7 @@ def forward_flops_per_token(cfg, seq_len: int, convention: str = "exact") -> dic
         raise ValueError(f"convention must be one of {FORWARD_CONVENTIONS} for a forward "
                          f"count, got {convention!r}")
     attn = sum(get_attention(k).flops_per_token(cfg, seq_len, convention) for k in layer_kinds(cfg))
-    mlp = cfg.n_layers * 2.0 * mlp_params(cfg)
+    mlp = mlp_kinds(cfg).count("dense") * 2.0 * mlp_params(cfg) + _moe_flops(cfg, convention)[0]
     logits = 2.0 * cfg.d_model * cfg.vocab_size
     other = 0.0
     if convention == "compiled":
@@ -93,15 +113,17 @@ def train_flops_per_token(cfg, seq_len: int, convention: str = "exact") -> float
     per-step update is left out, see :func:`train_step_flops`)."""
     check_convention(convention)
     if convention == "6nd":
-        return 6.0 * non_embedding_params(cfg)
+        return 6.0 * activated_params(cfg)
     if convention == "exact":
         return 3.0 * forward_flops_per_token(cfg, seq_len, convention)["total"]
     attn = sum(get_attention(k).train_flops_per_token(cfg, seq_len, convention)
                for k in layer_kinds(cfg))
-    matmuls = 3.0 * (cfg.n_layers * 2.0 * mlp_params(cfg) + 2.0 * cfg.d_model * cfg.vocab_size)
+    n_dense = mlp_kinds(cfg).count("dense")
+    matmuls = 3.0 * (n_dense * 2.0 * mlp_params(cfg) + 2.0 * cfg.d_model * cfg.vocab_size)
     common = _common_compiled(cfg)
     loss = LOSS_FLOPS_PER_LOGIT * cfg.vocab_size
-    return attn + matmuls + common["mlp"][1] + common["other"][1] + loss
+    return attn + matmuls + _moe_flops(cfg, convention)[1] + common["mlp"][1] \
+        + common["other"][1] + loss
 
 
 def train_flops_per_token_all(cfg, seq_len: int) -> dict[str, float]:
