@@ -24,6 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moba_jax import distributed, fileio
+from moba_jax.accounting import activated_params
 from moba_jax import sharding as shd
 from moba_jax.budget import RunConfigError, eval_steps, run_length, switched_model_config
 from moba_jax.data import build_datasets
@@ -85,6 +86,14 @@ def _first_non_finite(seen, loss, step):
     bad_step, bad_loss = seen
     new = (bad_step < 0) & ~jnp.isfinite(loss)
     return (jnp.where(new, step, bad_step), jnp.where(new, loss, bad_loss))
+
+
+def _router_metrics(m: dict) -> dict:
+    """The step's ``moe_*`` metrics (router statistics of MoE layers, ``moba_jax/moe/stats.py``)
+    as JSON values: numbers, and lists for per-layer, per-expert loads. One host fetch."""
+    found = jax.device_get({k: v for k, v in m.items() if k.startswith("moe_")})
+    return {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64).round(6).tolist()
+            for k, v in found.items()}
 
 
 def _global_batch(local: dict, sharding) -> dict:
@@ -168,6 +177,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     distributed.check_batch_layout(batch_sh, t.global_batch, t.seq_len)
     distributed.install_preemption_handler()
     counts = param_counts(spec.param_shapes)
+    counts["non_embedding_activated"] = activated_params(config.model)   # < total with MoE
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                       max_to_keep=config.checkpoint.max_to_keep)
@@ -264,6 +274,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                                tokens_per_s=tps,
                                mfu=(tps * fpt[phase(step)]["compiled"] / (peak * jax.device_count())
                                     if peak else None))
+                    rec.update(_router_metrics(m))
                     if is_eval:
                         last_val, last_se = evaluate_with_se(eval_fns[phase(step)], state["params"],
                                                              val_batches, batch_sh)
@@ -291,6 +302,7 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                "final_val_loss_se": last_se,
                "final_train_loss": loss,
                "n_params": counts["total"], "n_params_nonembed": counts["non_embedding"],
+               "n_params_nonembed_activated": counts["non_embedding_activated"],
                "budget_flops": length.budget_flops, "convention": length.convention,
                "switch_step": length.switch_step,
                **{f"flops_per_token_{c}": v for c, v in length.mean_flops_per_token().items()},

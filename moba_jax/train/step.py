@@ -1,4 +1,11 @@
-"""The pure train and eval steps (one jit boundary each)."""
+"""The pure train and eval steps (one jit boundary each).
+
+A model with mixture-of-experts layers also returns router statistics from its forward
+pass (``TransformerLM.forward_with_aux``): the train step adds their balance loss to
+the objective (never to ``train_loss``), moves the routers' balancing biases once per
+step by the whole batch's expert loads, and reports them as ``moe_*`` metrics
+(``moba_jax/moe/stats.py``). A dense model's step is unchanged.
+"""
 from __future__ import annotations
 
 import functools
@@ -7,6 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
+
+from moba_jax.moe import stats as moe_stats
 
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions")
@@ -20,8 +30,24 @@ def token_losses(spec, params, batch):
 
 
 def _sum_loss(spec, params, batch):
-    losses, mask = token_losses(spec, params, batch)
-    return jnp.sum(losses * mask), jnp.sum(mask)
+    """``(objective, (summed loss, loss tokens, router sums))``: the objective is the
+    summed loss plus, for MoE layers, their balance-loss term (``{}`` sums: dense)."""
+    logits, aux = nnx.merge(spec.graphdef, params).forward_with_aux(batch["inputs"],
+                                                                   batch["positions"])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    mask = batch["loss_mask"].astype(jnp.float32)
+    loss_sum = jnp.sum(losses * mask)
+    if not aux:
+        return loss_sum, (loss_sum, jnp.sum(mask), {})
+    extra, sums = moe_stats.batch_sums(aux, mask)
+    return loss_sum + extra, (loss_sum, jnp.sum(mask), sums)
+
+
+def _update_router_biases(spec, params, load_LE):
+    """The parameters with each MoE layer's balancing bias moved by its load."""
+    model = nnx.merge(spec.graphdef, params)
+    model.update_router_biases(load_LE)
+    return nnx.to_pure_dict(nnx.state(model))
 
 
 def train_step(state, batch, *, spec, tx, schedule, grad_accum: int):
@@ -32,29 +58,35 @@ def train_step(state, batch, *, spec, tx, schedule, grad_accum: int):
     equals that of the full batch.
     """
     params = state["params"]
+    grad_fn = jax.value_and_grad(lambda p, b: _sum_loss(spec, p, b), has_aux=True)
 
     def micro(carry, mb):
-        g_acc, l_acc, n_acc = carry
-        (loss_sum, n), g = jax.value_and_grad(
-            lambda p: _sum_loss(spec, p, mb), has_aux=True)(params)
-        return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, n_acc + n), None
+        g_acc, l_acc, n_acc, s_acc = carry
+        (_, (loss_sum, n, sums)), g = grad_fn(params, mb)
+        return (jax.tree.map(jnp.add, g_acc, g), l_acc + loss_sum, n_acc + n,
+                jax.tree.map(jnp.add, s_acc, sums)), None
 
     if grad_accum == 1:
-        (loss_sum, n), grads = jax.value_and_grad(
-            lambda p: _sum_loss(spec, p, batch), has_aux=True)(params)
+        (_, (loss_sum, n, sums)), grads = grad_fn(params, batch)
     else:
         mbs = jax.tree.map(
             lambda x: x.reshape((grad_accum, x.shape[0] // grad_accum) + x.shape[1:]), batch)
         zeros = jax.tree.map(jnp.zeros_like, params)
-        (grads, loss_sum, n), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0), mbs)
+        sums_shape = jax.eval_shape(lambda b: _sum_loss(spec, params, b)[1][2],
+                                    jax.tree.map(lambda x: x[0], mbs))
+        zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+        (grads, loss_sum, n, sums), _ = jax.lax.scan(micro, (zeros, 0.0, 0.0, zero_sums), mbs)
     n = jnp.maximum(n, 1.0)
     grads = jax.tree.map(lambda g: g / n, grads)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
     metrics = {"train_loss": loss_sum / n, "grad_norm": grad_norm,
                "lr": schedule(state["step"]), "loss_tokens": n}
+    if sums:
+        new_params = _update_router_biases(spec, new_params, sums["moe_load"])
+        metrics.update(moe_stats.metrics(sums, n))
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, metrics
 
 
