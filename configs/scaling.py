@@ -50,6 +50,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # n_layers >= 4) uses NoPE MLA, position coming from the KDA layers.
     mla = dict(kv_latent_dim=32, rope_dim=8, q_latent_dim=0, implementation="xla")
     kda = dict(chunk_size=64, conv_size=4, implementation="xla")
+    # Mixture-of-experts MLPs (moba_jax/moe/; not in the default arms): DeepSeek-V3's
+    # routing as Moonlight and Kimi Linear use it (sigmoid scores, normalised top-k
+    # gates, a per-expert bias for the choice moved 1e-3 per step by the load
+    # imbalance, the sequence-wise balance loss at 1e-4, the first layer dense), scaled
+    # down: 8 routed experts of width mlp_dim // 3, top-2, one shared expert (the
+    # papers: 64 routed, top-6, 2 shared in Moonlight; 256, top-8, 1 shared in Kimi
+    # Linear). Dropless ragged_dot dispatch; on CPU "dense" is the faster
+    # implementation (moba_jax/moe/layer.py).
+    moe = dict(mlp_pattern="moe", first_k_dense=1,
+               moe=dict(n_experts=8, top_k=2, n_shared=1, score="sigmoid", normalize=True,
+                        route_scale=1.0, bias_update_rate=1e-3, aux_loss_coef=1e-4,
+                        implementation="ragged"))
     c.arm_defs = ml_collections.ConfigDict(dict(
         full=dict(attention_pattern="full"),
         moba=dict(attention_pattern="moba", attention=dict(moba=moba)),
@@ -62,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         kimi_linear=dict(attention_pattern="kda,kda,kda,mla",
                          attention=dict(kda=kda, mla=dict(mla, rope=False)),
                          display_name="Kimi Linear"),
+        full_moe=dict(attention_pattern="full", **moe, display_name="Full Attention, MoE"),
+        kimi_linear_moe=dict(attention_pattern="kda,kda,kda,mla",
+                             attention=dict(kda=kda, mla=dict(mla, rope=False)), **moe,
+                             display_name="Kimi Linear, MoE"),
     ))
     c.arms = "full,moba,mla,kimi_linear"
 
@@ -89,6 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.arm_defs.moba.attention.moba.block_size = 16
         c.arm_defs.moba_last1_full.attention.moba.block_size = 16
         c.arm_defs.moba_switch90.attention.moba.block_size = 16
+        c.arm_defs.full_moe.first_k_dense = 0    # t1 has one layer
     else:
         raise ValueError(f"configs/scaling.py: unknown variant {variant!r}; choose 'default' or 'tiny'")
     return c
