@@ -20,7 +20,7 @@ FLOPs per token, forward (training: 3 x in "exact", term by term in "compiled"):
   "ragged" program computes ``E`` times the counted expert matmuls (use
   ``implementation="dense"`` on CPU, or read CPU MFU of a ragged run with that in
   mind); the "dense" count agrees with XLA's cost analysis on CPU
-  (``tests/test_moe_cost.py``).
+  (``tests/test_moe.py``).
 """
 from __future__ import annotations
 

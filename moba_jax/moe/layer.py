@@ -18,9 +18,13 @@ Dispatch (``implementation``):
 
 Expert parallelism: the experts' weights ``[E, ...]`` carry the logical axis
 ``expert``, which the rules table maps to a mesh axis (``fsdp`` by default, see
-``moba_jax/sharding.py``), so each device of that axis holds ``E / size`` experts;
-XLA partitions the grouped products over it (each device computes its experts'
-part and the results are summed over the axis).
+``moba_jax/sharding.py``), so each device of that axis holds ``E / size`` experts.
+XLA's partitioner moves tokens, not weights: in the program compiled for 4 simulated
+CPU devices the expert weights are never gathered; "ragged" gathers the (token,
+expert) assignments over the axis, each device computes its own experts' rows and
+the parts are summed (all-reduce); "dense" returns each expert's outputs to the
+tokens' devices by an all-to-all. An explicit shard_map all-to-all dispatch (tokens
+sent only to their experts' devices) is not written.
 
 Router statistics come back from :meth:`MoE.forward` (``load``: assignments per
 expert, ``balance``: the balance loss per sequence, ``dropped``: assignments not
