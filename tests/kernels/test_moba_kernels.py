@@ -203,6 +203,17 @@ def test_kernels_lower_for_their_platform(variant, platform, num_kernels, dtype)
     assert lower_for(fwd_bwd, args, platform).count(target) == num_kernels
 
 
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_blocked_path_lowers_for_accelerators(platform):
+    # Plain jnp (sort, gathers, a scatter-add, batched products): forward and backward
+    # lower for TPU and GPU as they do for CPU.
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16)
+            for s in [(2, 1000, 8, 128), (2, 1000, 2, 128), (2, 1000, 2, 128)]]
+    loss = lambda q, k, v: moba_attention(q, k, v, block_size=256, top_k=3,
+                                          implementation="blocked").astype(jnp.float32).sum()
+    assert "sort" in lower_for(jax.grad(loss, argnums=(0, 1, 2)), args, platform)
+
+
 def test_lowering_reports_kernel_errors():
     # A GPU kernel with a head_dim Triton cannot tile is rejected, with the fix named.
     args = [jax.ShapeDtypeStruct((1, 64, 1, 24), jnp.float32)] * 3
