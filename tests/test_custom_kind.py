@@ -51,8 +51,9 @@ def test_dry_run_plans_the_user_kind():
     # Same parameters as full attention, fewer exact FLOPs, so more tokens per budget.
     full = {l.split()[0].replace("full", "swa"): l.split() for l in proc.stdout.splitlines()
             if l.startswith("full_")}
-    for r in rows:
-        assert r[1] == full[r[0]][1] and int(r[2].replace(",", "")) > int(full[r[0]][2].replace(",", ""))
+    for r in rows:       # columns: run, N non-emb, N activated, tokens, ...
+        assert r[1:3] == full[r[0]][1:3]
+        assert int(r[3].replace(",", "")) > int(full[r[0]][3].replace(",", ""))
 
 
 def test_sweep_trains_and_draws_the_user_kind(swa_sweep):

@@ -61,7 +61,33 @@ def test_plan_is_compute_matched():
         per_step = p.flops_per_token["exact"] * p.tokens / p.steps
         assert p.steps * per_step <= p.budget_flops < (p.steps + 1) * per_step
         assert p.n_params_nonembed == accounting.non_embedding_params(p.config.model)
+        assert p.n_params_activated == p.n_params_nonembed      # dense: every parameter is used
 
+
+
+def test_size_defs_train_overrides():
+    """A size may set train fields (the papers' per-size lr and batch); they win over the
+    arm's, ``lr`` is short for ``train.lr``, and a bad value is named by its size field."""
+    from moba_jax.sweep.plan import SweepConfigError
+    cfg = get_config("tiny")
+    cfg.arm_defs.full.train = dict(lr=1e-2, global_batch=6)
+    cfg.size_defs.t1.train = dict(global_batch=2)
+    cfg.size_defs.t2.train = dict(lr=7e-4)
+    del cfg.size_defs.t2["lr"]
+    by = {(p.arm, p.size): p.config.train for p in plan_sweep(cfg)}
+    assert (by["full", "t1"].global_batch, by["full", "t1"].lr) == (2, 5e-3)   # size lr wins
+    assert (by["full", "t2"].global_batch, by["full", "t2"].lr) == (6, 7e-4)
+    assert (by["moba", "t1"].global_batch, by["moba", "t2"].global_batch) == (2, 4)
+    cfg.size_defs.t2.lr = 1e-3
+    with pytest.raises(SweepConfigError, match="size_defs.t2: lr and train.lr"):
+        plan_sweep(cfg)
+    cfg = get_config("tiny")
+    cfg.size_defs.t1.train = dict(global_batch=0)
+    with pytest.raises(ValueError, match="size_defs.t1.train.global_batch"):
+        plan_sweep(cfg)
+    cfg.size_defs.t1.train = dict(global_bach=2)
+    with pytest.raises(SweepConfigError, match="size_defs.t1.train.global_bach: no such field"):
+        plan_sweep(cfg)
 
 def test_rows_carry_arm_display_and_colour(tiny_sweep):
     wd, proc = tiny_sweep

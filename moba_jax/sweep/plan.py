@@ -9,7 +9,9 @@ A sweep config (see ``configs/scaling.py``) holds a ``base`` run config and:
   reports; without them the attention registry names and colours the arm from
   its layers' kinds (:func:`moba_jax.attention.describe`);
 - ``sizes``: comma-separated size names defined in ``size_defs.<name>`` (model
-  shape fields plus an optional per-size ``lr``);
+  shape fields plus optional ``train`` overrides per size, e.g. the papers' per-size
+  ``train.lr`` and ``train.global_batch``; a bare ``lr`` is short for ``train.lr``);
+  a size's train overrides win over an arm's;
 - ``budgets``: comma-separated FLOP budgets in ``budget_convention`` (one per
   size, paired in order, or every size x every budget with ``grid=True``);
 - or instead ``tokens``: comma-separated training tokens, one per size, given to
@@ -65,6 +67,7 @@ class RunPlan:
     steps: int
     tokens: int
     n_params_nonembed: int
+    n_params_activated: int     # per token (= n_params_nonembed for dense models)
     flops_per_token: dict
     arm_display: str
     arm_colour: str
@@ -72,7 +75,8 @@ class RunPlan:
     def row(self) -> dict:
         return {"run": self.name, "arm": self.arm, "arm_display": self.arm_display,
                 "arm_colour": self.arm_colour, "size": self.size,
-                "n_params_nonembed": self.n_params_nonembed, "steps": self.steps,
+                "n_params_nonembed": self.n_params_nonembed,
+                "n_params_activated": self.n_params_activated, "steps": self.steps,
                 "tokens": self.tokens, "budget_flops": self.budget_flops,
                 "pflops_days": units.to_pflops_days(self.budget_flops)}
 
@@ -149,6 +153,8 @@ def origin_field(cfg, arm: str, size: str, field: str) -> str:
         return ".".join(["size_defs", size, *sub])
     if head == "train" and sub == ["lr"] and _has(cfg.size_defs[size], ["lr"]):
         return f"size_defs.{size}.lr"
+    if head == "train" and _has(cfg.size_defs[size], ["train", *sub]):
+        return ".".join(["size_defs", size, "train", *sub])
     if head == "train" and _has(cfg.arm_defs[arm], ["train", *sub]):
         return ".".join(["arm_defs", arm, "train", *sub])
     return f"base.{field}"
@@ -184,15 +190,19 @@ def plan_sweep(cfg) -> list[RunPlan]:
                                        f"{', '.join(sorted(cfg.size_defs))}")
             run_cfg = copy.deepcopy(cfg.base)
             size_def = dict(cfg.size_defs[size].to_dict())
-            lr = size_def.pop("lr", None)
+            size_train = size_def.pop("train", {})
+            if "lr" in size_def:
+                if "lr" in size_train:
+                    raise SweepConfigError(f"size_defs.{size}: lr and train.lr are both set; "
+                                           "give one (lr is short for train.lr)")
+                size_train["lr"] = size_def.pop("lr")
             _merge(run_cfg.model, size_def, f"size_defs.{size}")
             arm_def = dict(cfg.arm_defs[arm].to_dict())
             train_over = arm_def.pop("train", {})
             display, colour = (_label(arm, arm_def, k) for k in LABEL_KEYS)
             _merge(run_cfg.model, arm_def, f"arm_defs.{arm}")
             _merge(run_cfg.train, train_over, f"arm_defs.{arm}.train")
-            if lr is not None:
-                run_cfg.train.lr = lr
+            _merge(run_cfg.train, size_train, f"size_defs.{size}.train")
             run_cfg.train.update(budget_flops=0.0 if by_tokens else budget, tokens=0, steps=0,
                                  budget_convention=cfg.budget_convention)
             if by_tokens:
@@ -214,6 +224,7 @@ def plan_sweep(cfg) -> list[RunPlan]:
                 budget = length.flops_at(length.steps)[cfg.budget_convention]
             plans.append(RunPlan(name, arm, size, budget, run_cfg, length.steps, length.tokens,
                                  accounting.non_embedding_params(run_cfg.model),
+                                 accounting.activated_params(run_cfg.model),
                                  length.flops_per_token, display or kind_display,
                                  colour or kind_colour))
     return plans
@@ -267,13 +278,16 @@ def format_fields(changes: list[tuple[str, object, object]], limit: int = 3) -> 
 
 
 def format_plan(plans: list[RunPlan], convention: str) -> str:
-    """The dry-run table: one row per run (training FLOPs per token in both conventions)."""
+    """The dry-run table: one row per run: non-embedding parameters, all of them and those a
+    token uses (they differ for mixture-of-experts models; 6ND counts the activated), and
+    training FLOPs per token in both conventions."""
     w = max([len(p.name) for p in plans] + [4]) + 2
-    head = (f"{'run':<{w}}{'N non-emb':>15}{'tokens':>18}{'steps':>9}{'6ND/token':>12}"
-            f"{'exact/token':>13}{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
+    head = (f"{'run':<{w}}{'N non-emb':>15}{'N activated':>15}{'tokens':>18}{'steps':>9}"
+            f"{'6ND/token':>12}{'exact/token':>13}{'budget FLOPs':>14}{'PFLOP/s-days':>14}")
     lines = [f"budgets in {convention} FLOPs", head, "-" * len(head)]
     for p in plans:
-        lines.append(f"{p.name:<{w}}{p.n_params_nonembed:>15,}{p.tokens:>18,}{p.steps:>9}"
+        lines.append(f"{p.name:<{w}}{p.n_params_nonembed:>15,}{p.n_params_activated:>15,}"
+                     f"{p.tokens:>18,}{p.steps:>9}"
                      f"{p.flops_per_token['6nd']:>12.3g}{p.flops_per_token['exact']:>13.3g}"
                      f"{p.budget_flops:>14.3g}{units.to_pflops_days(p.budget_flops):>14.3g}")
     total = sum(p.budget_flops for p in plans)
