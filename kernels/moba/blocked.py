@@ -18,8 +18,15 @@ Tiles gather their query rows (forward) and their ``dO``, ``lse``, ``delta`` row
 Backward is FlashAttention's (``P = exp(S - lse)`` from the saved final ``lse``,
 ``delta = rowsum(dO * O)``); the past tiles' ``dk``/``dv`` are summed into their key
 blocks by one sorted scatter-add of whole tiles (on CPU as fast as a one-hot product
-over tiles, whose cost would grow like ``T^2``). Work is ``(T R Bs + #tiles G Bs) D`` per key
-head, linear in ``T``; tiles are processed in chunks of bounded size under ``lax.map``.
+over tiles, whose cost would grow like ``T^2``). Work is ``(T R Bs + #tiles G Bs) D``
+per key head, linear in ``T``. Current blocks and past tiles go in ``lax.scan`` chunks
+of at most ``_CHUNK_SCORE_ELEMENTS`` scores per (batch row, key head); at the
+replication's shapes (T = 1024, block 64) each part is one chunk, run inline.
+
+Measured on the 2-core CPU (busy), replication model r3 (B = 4, T = 1024, 2 query heads
+on 1 key head of 32, block 64, top-3), one layer's forward+backward: 20 ms against 40 ms
+for ``"xla"``; the whole train step 398 ms against 428 ms (full attention, blocked
+path: 626 ms), all interleaved in one process.
 
 Shapes: ``BG = B * Hkv``; rows ``t * R + r`` of a key head; ``N`` key blocks, ``Tp = N
 * Bs``; ``S = top_k - 1`` past slots; ``M`` past tiles; ``X = M * G`` tile rows.
