@@ -2,14 +2,14 @@
 
 One command (sweep, evaluation at twice the training length, report)::
 
-    python -m experiments.replicate --workdir=runs/replicate --out=docs/replication
+    python -m experiments.replicate --workdir=runs/replicate --out=docs/replication/report
 
 or step by step::
 
     python -m experiments.sweep --config=configs/replicate.py --workdir=runs/replicate
     python -m experiments.evaluate --workdir=runs/replicate --config.seq_len=2048 \\
         --config.bucket_size=256 --config.trailing=256
-    python -m analysis.report --workdir=runs/replicate --out=docs/replication --convention=6nd
+    python -m analysis.report --workdir=runs/replicate --out=docs/replication/report --convention=6nd
 
 Plan only: ``python -m experiments.sweep --config=configs/replicate.py --dry_run``.
 

@@ -1,6 +1,6 @@
 """The replication study in one command: sweep, evaluation at twice the length, report.
 
-    python -m experiments.replicate --workdir=runs/replicate --out=docs/replication
+    python -m experiments.replicate --workdir=runs/replicate --out=docs/replication/report
 
 Runs, in turn and as separate processes (each resumable; rerunning the command skips
 what is done):
