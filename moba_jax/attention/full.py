@@ -83,19 +83,12 @@ def compiled_keys_per_query(opts, seq_len: int) -> float:
     return sum(n_q * n_k for n_q, n_k in pairs) / seq_len
 
 
-def causal_attention_blocked(q_BTHD, k_BTKD, v_BTKD, *, query_block: int = DEFAULT_QUERY_BLOCK,
-                             scale=None):
-    """Causal GQA attention in query blocks over key prefixes (``kernels/causal``): exact,
-    with a flash-style backward; keys may be wider than values (MLA)."""
-    return blocked_attention(q_BTHD, k_BTKD, v_BTKD, query_block=query_block, scale=scale)
-
-
 def causal_attention(q, k, v, *, implementation: str = "xla", scale=None,
                      query_block: int = DEFAULT_QUERY_BLOCK):
     if implementation == "reference":
         return causal_attention_reference(q, k, v, scale=scale)
     if implementation == "blocked":
-        return causal_attention_blocked(q, k, v, query_block=query_block, scale=scale)
+        return blocked_attention(q, k, v, query_block=query_block, scale=scale)
     if implementation in ("xla", "cudnn"):
         return jax.nn.dot_product_attention(
             q, k, v, is_causal=True, scale=scale,

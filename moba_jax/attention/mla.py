@@ -37,11 +37,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from kernels.causal import DEFAULT_QUERY_BLOCK
+from kernels.causal import DEFAULT_QUERY_BLOCK, blocked_attention
 from moba_jax import elementwise as ew
 from moba_jax import layers
-from moba_jax.attention.full import (causal_attention_blocked, causal_pairs_per_token,
-                                     compiled_keys_per_query)
+from moba_jax.attention.full import causal_pairs_per_token, compiled_keys_per_query
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, at_least, one_of, positive
 from moba_jax.sharding import constrain
@@ -65,8 +64,7 @@ def latent_attention(q_BTHE, k_BTHE, v_BTHD, *, scale: float, implementation: st
     if implementation == "reference":
         return latent_attention_reference(q_BTHE, k_BTHE, v_BTHD, scale=scale)
     if implementation == "blocked":
-        return causal_attention_blocked(q_BTHE, k_BTHE, v_BTHD, scale=scale,
-                                        query_block=query_block)
+        return blocked_attention(q_BTHE, k_BTHE, v_BTHD, scale=scale, query_block=query_block)
     if implementation == "xla":
         e, d = q_BTHE.shape[-1], v_BTHD.shape[-1]
         v = jnp.pad(v_BTHD, [(0, 0)] * 3 + [(0, e - d)]) if e > d else v_BTHD
