@@ -49,6 +49,8 @@ from kernels.kda import kda, l2_normalize
 from kernels.moba import BlockSizes, moba_attention
 
 MODES = ("fwd", "fwd_bwd")
+# MoBA's routing alone: gate scores, top-k and the work lists the kernels walk.
+ROUTING = "moba_routing"
 
 
 # --- FLOPs ---------------------------------------------------------------------------
@@ -81,23 +83,41 @@ def kda_flops(seq_len: int, head_dim: int, heads: int = 1, batch: int = 1) -> fl
     return heads * batch * seq_len * (6.0 * d * d + 3.0 * c * d + c * c)
 
 
-def needed_flops(name: str, mode: str, cfg) -> Callable[[int], float]:
+def needed_flops(name: str, mode: str, cfg, heads: int | None = None) -> Callable[[int], float]:
+    """FLOPs the computation needs at length ``t`` (``None`` for ``moba_routing``, whose
+    work is not attention)."""
+    h = heads or _head_counts(cfg)[0]
+
     def flops(t):
+        if name == ROUTING:
+            return None
         if name.startswith("kda"):
-            f = kda_flops(t, cfg.head_dim, cfg.num_heads, cfg.batch)
+            f = kda_flops(t, cfg.head_dim, h, cfg.batch)
         elif name.startswith("dense"):
-            f = dense_causal_flops(t, cfg.head_dim, cfg.num_heads, cfg.batch)
+            f = dense_causal_flops(t, cfg.head_dim, h, cfg.batch)
         else:
-            f = moba_flops(t, cfg.head_dim, cfg.block_size, cfg.top_k, cfg.num_heads,
-                           cfg.batch)
+            f = moba_flops(t, cfg.head_dim, cfg.block_size, cfg.top_k, h, cfg.batch)
         return f * (3.0 if mode == "fwd_bwd" else 1.0)
     return flops
+
+
+def _head_counts(cfg) -> tuple[int, ...]:
+    """The head counts every length is timed at (``num_heads`` in older configs)."""
+    counts = cfg.get("head_counts") or (cfg.get("num_heads", 1),)
+    return tuple(int(h) for h in counts)
+
+
+def modes_for(name: str) -> tuple[str, ...]:
+    """``moba_routing`` has no backward (routing is a discrete, gradient-free choice)."""
+    return ("fwd",) if name == ROUTING else MODES
 
 
 # --- the functions timed -------------------------------------------------------------
 
 def attention_fn(name: str, cfg) -> Callable[..., jax.Array]:
     """``f(q, k, v) -> out`` for an implementation name (see module docstring)."""
+    if name == ROUTING:
+        return _routing_fn(cfg)
     if name.startswith("dense_"):
         impl = name[len("dense_"):]
         return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
@@ -113,6 +133,24 @@ def attention_fn(name: str, cfg) -> Callable[..., jax.Array]:
     raise ValueError(f"unknown implementation {name!r}; use dense_xla, dense_cudnn, "
                      "moba_<reference|xla|pallas|pallas_tpu|pallas_gpu> or "
                      "kda_<reference|xla|pallas>.")
+
+
+def _routing_fn(cfg) -> Callable[..., Any]:
+    """MoBA's routing as the sparse paths run it: ``select_slots`` then ``make_plan``
+    (``kernels/moba/dispatch.py``); returns the plan's tables."""
+    from kernels.moba import dispatch, selection
+
+    sizes = BlockSizes(**cfg.block_sizes) if cfg.get("block_sizes") else BlockSizes()
+
+    def f(q, k, v):
+        del v
+        geo = dispatch.Geometry(batch=q.shape[0], seq_len=q.shape[1], num_q_heads=q.shape[2],
+                                num_kv_heads=k.shape[2], head_dim=q.shape[3],
+                                block_size=cfg.block_size, top_k=cfg.top_k,
+                                rows_per_tile=sizes.block_rows)
+        slots = selection.select_slots(q, k, block_size=cfg.block_size, top_k=cfg.top_k)
+        return dispatch.make_plan(slots, geo)
+    return f
 
 
 def _kda_fn(impl: str) -> Callable[..., jax.Array]:
@@ -133,25 +171,33 @@ def timed_fn(name: str, mode: str, cfg) -> Callable[..., Any]:
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def make_inputs(seq_len: int, cfg, seed: int = 0):
+def make_inputs(seq_len: int, cfg, seed: int = 0, heads: int | None = None):
+    """Random ``q, k, v`` of ``[batch, seq_len, heads, head_dim]`` (kv heads = query heads)."""
     dtype = jnp.dtype(cfg.dtype)
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-    b, h, hkv, d = cfg.batch, cfg.num_heads, cfg.get("num_kv_heads", cfg.num_heads), cfg.head_dim
+    b, d = cfg.batch, cfg.head_dim
+    h = hkv = heads or _head_counts(cfg)[0]
     return (jax.random.normal(kq, (b, seq_len, h, d), dtype),
             jax.random.normal(kk, (b, seq_len, hkv, d), dtype),
             jax.random.normal(kv, (b, seq_len, hkv, d), dtype))
 
 
-def median_time(fn, args, iters: int) -> tuple[float, list[float], float]:
-    """(median seconds, all timings, warm-up seconds incl. compile)."""
+def median_time(fn, args, iters: int, max_seconds: float = 0.0) -> tuple[float, list[float], float]:
+    """(median seconds, all timings, warm-up seconds incl. compile).
+
+    Times up to ``iters`` calls after one warm-up call; with ``max_seconds > 0`` it stops
+    early once the timed calls took that long together (at least one call is timed).
+    """
     start = time.perf_counter()
     jax.block_until_ready(fn(*args))
     warmup = time.perf_counter() - start
     times = []
-    for _ in range(iters):
+    for _ in range(max(iters, 1)):
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
+        if max_seconds > 0 and sum(times) >= max_seconds:
+            break
     return statistics.median(times), times, warmup
 
 
@@ -168,78 +214,135 @@ def fit_exponent(lens, times) -> float:
     return float(slope)
 
 
-def _lookup(results, name, mode, t):
+def _lookup(results, name, mode, t, heads=None):
     for r in results:
-        if (r["impl"], r["mode"], r["seq_len"]) == (name, mode, t) and r.get("time_s"):
+        if ((r["impl"], r["mode"], r["seq_len"]) == (name, mode, t)
+                and r.get("heads") == heads and r.get("time_s")):
             return r["time_s"]
     return None
 
 
 def speedups(results, cfg) -> list[dict]:
-    """MoBA and KDA time vs the fastest dense time at the same (mode, T)."""
+    """MoBA and KDA time vs the fastest dense time at the same (heads, mode, T)."""
     out = []
     dense = [n for n in cfg.implementations if n.startswith("dense")]
     for r in results:
-        if not r["impl"].startswith(("moba", "kda")) or not r.get("time_s"):
+        if (not r["impl"].startswith(("moba", "kda")) or r["impl"] == ROUTING
+                or not r.get("time_s")):
             continue
-        base = [(_lookup(results, d, r["mode"], r["seq_len"]), d) for d in dense]
+        base = [(_lookup(results, d, r["mode"], r["seq_len"], r.get("heads")), d) for d in dense]
         base = [(t, d) for t, d in base if t]
         if base:
             t_dense, d = min(base)
             out.append(dict(impl=r["impl"], mode=r["mode"], seq_len=r["seq_len"],
-                            baseline=d, speedup=t_dense / r["time_s"]))
+                            heads=r.get("heads"), baseline=d, speedup=t_dense / r["time_s"]))
     return out
 
 
+def _check_pairs(cfg) -> list[tuple[str, str]]:
+    """``(impl, against)`` pairs from ``cfg.checks`` ("impl:against"), or the older
+    single ``cfg.check``."""
+    if cfg.get("checks") is not None and "check_seq_lens" in cfg:
+        pairs = []
+        for item in cfg.checks:
+            impl, sep, against = str(item).partition(":")
+            if not sep or not impl or not against:
+                raise ValueError(f"checks: {item!r} must read 'impl:against', e.g. "
+                                 "'moba_pallas:moba_xla'")
+            pairs.append((impl, against))
+        return pairs
+    if cfg.get("check") and cfg.check.seq_lens:
+        return [(cfg.check.impl, cfg.check.against)]
+    return []
+
+
 def check_against(cfg, log) -> list[dict]:
-    """Max abs / relative error of ``cfg.check.impl`` vs ``cfg.check.against`` (out, grads)."""
+    """Max abs / relative error of each checked implementation against its reference
+    (output and the gradients of q, k, v), at ``check_seq_lens`` with ``check_heads``."""
     checks = []
-    if not cfg.get("check") or not cfg.check.seq_lens:
-        return checks
-    for t in cfg.check.seq_lens:
-        args = make_inputs(t, cfg, seed=1)
-        try:
-            res = {}
-            for name in (cfg.check.impl, cfg.check.against):
-                f = attention_fn(name, cfg)
-                loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32))
-                out = jax.jit(f)(*args)
-                grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
-                res[name] = [np.asarray(x, np.float32) for x in (out, *grads)]
-            for label, a, b in zip(("out", "dq", "dk", "dv"), res[cfg.check.impl],
-                                   res[cfg.check.against]):
-                abs_err = float(np.max(np.abs(a - b)))
-                rel_err = abs_err / max(float(np.max(np.abs(b))), 1e-30)
-                checks.append(dict(seq_len=t, tensor=label, max_abs_err=abs_err,
-                                   max_rel_err=rel_err))
-                log(f"check T={t:>7} {label:>3}: {cfg.check.impl} vs {cfg.check.against} "
-                    f"max abs err {abs_err:.3e}  max rel err {rel_err:.3e}")
-        except Exception as e:  # report, don't die
-            checks.append(dict(seq_len=t, error=_short_error(e)))
-            log(f"check T={t:>7}: FAILED {_short_error(e)}")
+    pairs = _check_pairs(cfg)
+    if "check_seq_lens" in cfg:
+        lens, heads = tuple(cfg.check_seq_lens), int(cfg.get("check_heads", 1))
+    else:
+        lens, heads = (tuple(cfg.check.seq_lens) if cfg.get("check") else ()), None
+    for impl, against in pairs:
+        for t in lens:
+            args = make_inputs(t, cfg, seed=1, heads=heads)
+            try:
+                res = {}
+                for name in (impl, against):
+                    f = attention_fn(name, cfg)
+                    loss = lambda q, k, v: jnp.sum(f(q, k, v).astype(jnp.float32))
+                    out = jax.jit(f)(*args)
+                    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*args)
+                    res[name] = [np.asarray(x, np.float32) for x in (out, *grads)]
+                for label, a, b in zip(("out", "dq", "dk", "dv"), res[impl], res[against]):
+                    abs_err = float(np.max(np.abs(a - b)))
+                    rel_err = abs_err / max(float(np.max(np.abs(b))), 1e-30)
+                    checks.append(dict(impl=impl, against=against, seq_len=t, heads=heads,
+                                       tensor=label, max_abs_err=abs_err, max_rel_err=rel_err))
+                    log(f"check T={t:>7} {label:>3}: {impl} vs {against} "
+                        f"max abs err {abs_err:.3e}  max rel err {rel_err:.3e}")
+            except Exception as e:  # report, don't die
+                checks.append(dict(impl=impl, against=against, seq_len=t, heads=heads,
+                                   error=_short_error(e)))
+                log(f"check T={t:>7}: {impl} vs {against} FAILED {_short_error(e)}")
     return checks
 
 
 def plot(results, path: str, title: str) -> None:
+    """Log-log time vs T, one panel per head count, one colour per implementation."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
+    heads = sorted({r.get("heads") or 1 for r in results})
+    fig, axes = plt.subplots(1, len(heads), figsize=(7 * len(heads), 5), squeeze=False)
     names = sorted({r["impl"] for r in results})
-    for i, name in enumerate(names):
-        for mode, style in (("fwd", "-"), ("fwd_bwd", "--")):
-            pts = sorted((r["seq_len"], r["time_s"]) for r in results
-                         if r["impl"] == name and r["mode"] == mode and r.get("time_s"))
-            if pts:
-                ax.loglog(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{name} {mode}")
-    ax.set_xlabel("sequence length T")
-    ax.set_ylabel("time (s, median)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, h in zip(axes[0], heads):
+        for i, name in enumerate(names):
+            for mode, style in (("fwd", "-"), ("fwd_bwd", "--")):
+                pts = sorted((r["seq_len"], r["time_s"]) for r in results
+                             if r["impl"] == name and r["mode"] == mode and r.get("time_s")
+                             and (r.get("heads") or 1) == h)
+                if pts:
+                    ax.loglog(*zip(*pts), style, marker="o", color=f"C{i}",
+                              label=f"{name} {mode}")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("time (s, median)")
+        ax.set_title(f"{title}, H={h}" if len(heads) > 1 else title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def table(summary: dict) -> str:
+    """Forward+backward milliseconds per (heads, T) and implementation, with each sparse
+    path's speedup over the fastest dense one in brackets; ``moba_routing`` is forward."""
+    results = summary["results"]
+    impls = list(dict.fromkeys(r["impl"] for r in results))
+    ups = {(u["impl"], u["mode"], u["seq_len"], u.get("heads")): u["speedup"]
+           for u in summary.get("speedups", [])}
+    head = f"{'H':>3} {'T':>7} " + "".join(f"{n:>22}" for n in impls)
+    lines = ["forward+backward ms (speedup vs dense); moba_routing: forward ms", head,
+             "-" * len(head)]
+    for h, t in dict.fromkeys((r.get("heads"), r["seq_len"]) for r in results):
+        cells = []
+        for n in impls:
+            mode = "fwd" if n == ROUTING else "fwd_bwd"
+            rec = next((r for r in results if (r["impl"], r["mode"], r["seq_len"],
+                                                r.get("heads")) == (n, mode, t, h)), None)
+            if rec is None:
+                cells.append(f"{'':>22}")
+            elif not rec.get("time_s"):
+                cells.append(f"{'failed':>22}")
+            else:
+                up = ups.get((n, mode, t, h))
+                txt = f"{rec['time_s'] * 1e3:.2f}" + (f" ({up:.2f}x)" if up else "")
+                cells.append(f"{txt:>22}")
+        lines.append(f"{h or 1:>3} {t:>7} " + "".join(cells))
+    return "\n".join(lines)
 
 
 # --- driver --------------------------------------------------------------------------
@@ -249,48 +352,58 @@ def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
     log = log or (lambda s: print(s, flush=True))
     os.makedirs(workdir, exist_ok=True)
     device = jax.devices()[0]
+    heads_list = _head_counts(cfg)
     log(f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}); "
-        f"B={cfg.batch} H={cfg.num_heads} D={cfg.head_dim} {cfg.dtype} "
+        f"B={cfg.batch} H={','.join(map(str, heads_list))} D={cfg.head_dim} {cfg.dtype} "
         f"block={cfg.block_size} top_k={cfg.top_k}")
     checks = check_against(cfg, log)
+    budget = float(cfg.get("max_seconds_per_point", 0.0))
 
     results = []
-    for t in cfg.seq_lens:
-        args = make_inputs(t, cfg)
-        for name, max_len in cfg.implementations.items():
-            if max_len and t > max_len:
-                continue
-            for mode in MODES:
-                rec = dict(impl=name, mode=mode, seq_len=t,
-                           flops=needed_flops(name, mode, cfg)(t))
-                try:
-                    med, times, warm = median_time(timed_fn(name, mode, cfg), args, cfg.iters)
-                    rec.update(time_s=med, times_s=times, warmup_s=warm,
-                               tflops_per_s=rec["flops"] / med / 1e12)
-                    log(f"T={t:>7} {name:<16} {mode:<8} {med * 1e3:10.2f} ms  "
-                        f"{rec['tflops_per_s'] * 1e3:8.1f} GFLOP/s  (warm-up {warm:.1f} s)")
-                except Exception as e:  # report, don't die
-                    rec["error"] = _short_error(e)
-                    log(f"T={t:>7} {name:<16} {mode:<8} FAILED {rec['error']}")
-                    if cfg.get("verbose_errors"):
-                        log(traceback.format_exc())
-                results.append(rec)
-        del args
+    for h in heads_list:
+        for t in cfg.seq_lens:
+            args = make_inputs(t, cfg, heads=h)
+            for name, max_work in cfg.implementations.items():
+                if max_work and t * h > max_work:
+                    continue
+                for mode in modes_for(name):
+                    rec = dict(impl=name, mode=mode, seq_len=t, heads=h,
+                               flops=needed_flops(name, mode, cfg, h)(t))
+                    try:
+                        med, times, warm = median_time(timed_fn(name, mode, cfg), args,
+                                                       cfg.iters, budget)
+                        rec.update(time_s=med, times_s=times, warmup_s=warm)
+                        rate = ""
+                        if rec["flops"]:
+                            rec["tflops_per_s"] = rec["flops"] / med / 1e12
+                            rate = f"{rec['tflops_per_s'] * 1e3:10.1f} GFLOP/s"
+                        log(f"H={h:>3} T={t:>7} {name:<16} {mode:<8} {med * 1e3:10.2f} ms "
+                            f"{rate:>18}  (warm-up {warm:.1f} s, {len(times)} timed)")
+                    except Exception as e:  # report, don't die
+                        rec["error"] = _short_error(e)
+                        log(f"H={h:>3} T={t:>7} {name:<16} {mode:<8} FAILED {rec['error']}")
+                        if cfg.get("verbose_errors"):
+                            log(traceback.format_exc())
+                    results.append(rec)
+            del args
 
     ups = speedups(results, cfg)
     for s in ups:
-        log(f"speedup T={s['seq_len']:>7} {s['impl']:<16} {s['mode']:<8} "
+        log(f"speedup H={s['heads']:>3} T={s['seq_len']:>7} {s['impl']:<16} {s['mode']:<8} "
             f"{s['speedup']:7.2f}x vs {s['baseline']}")
     fits = {}
     lo, hi = cfg.fit_range
-    for name in cfg.fit_impls:
-        for mode in MODES:
-            pts = [(r["seq_len"], r["time_s"]) for r in results if r["impl"] == name
-                   and r["mode"] == mode and r.get("time_s") and lo <= r["seq_len"] <= hi]
-            if len(pts) >= 2:
-                fits[f"{name}/{mode}"] = fit_exponent(*zip(*pts))
-                log(f"fit {name} {mode}: time ~ T^{fits[f'{name}/{mode}']:.3f} "
-                    f"(T={lo}..{hi}, {len(pts)} points)")
+    for h in heads_list:
+        for name in cfg.fit_impls:
+            for mode in modes_for(name):
+                pts = [(r["seq_len"], r["time_s"]) for r in results if r["impl"] == name
+                       and r["mode"] == mode and r["heads"] == h and r.get("time_s")
+                       and lo <= r["seq_len"] <= hi]
+                if len(pts) >= 2:
+                    key = f"{name}/{mode}" if len(heads_list) == 1 else f"{name}/{mode}/H{h}"
+                    fits[key] = fit_exponent(*zip(*pts))
+                    log(f"fit {name} {mode} H={h}: time ~ T^{fits[key]:.3f} "
+                        f"(T={lo}..{hi}, {len(pts)} points)")
 
     summary = dict(config=cfg.to_dict(), jax_version=jax.__version__,
                    backend=jax.default_backend(), device=device.device_kind,
@@ -303,6 +416,7 @@ def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
              f"block {cfg.block_size}, top-{cfg.top_k})")
     except Exception as e:  # a missing plot should not lose the numbers
         log(f"plot failed: {_short_error(e)}")
+    log(table(summary))
     log(f"wrote {os.path.join(workdir, 'bench.json')} and bench.png")
     return summary
 
@@ -377,16 +491,18 @@ def _max_rel(a, b):
     return float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30))
 
 
-def kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (2, 1000, 4, 64, "float32"),
-                         (1, 4096, 8, 64, "bfloat16")),
-                  seq_lens=(4096, 8192, 16384, 32768, 65536), heads=16, head_dim=64,
-                  dtype="bfloat16"):
+def kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (1, 1000, 4, 128, "float32"),
+                         (1, 4096, 8, 128, "bfloat16")),
+                  seq_lens=(4096, 8192, 16384, 32768, 65536), heads=16, head_dim=128,
+                  dtype="bfloat16", block_sizes=None):
     """On a GPU host: the Pallas GPU kernels vs the XLA path (max relative errors of the
     outputs and all gradients), then fwd+bwd timings vs T for xla, pallas and dense.
 
     Each implementation/size runs inside its own ``try``, so one failure (e.g. out of
-    memory) is reported and the rest continues. The Triton kernels support head dims up
-    to 64 (``kernels/kda/pallas_gpu.py``), hence the default ``head_dim=64``.
+    memory) is reported and the rest continues. The Triton kernels take head dims that
+    are powers of two in [16, 256] (``kernels/kda/pallas_gpu.py``); the defaults check 64
+    and 128 and time 128. ``block_sizes``: a ``kernels.kda.BlockSizes`` for the checks
+    (default tiles when ``None``), to try other tiles.
     """
     print("backend:", jax.default_backend(), jax.devices())
     for B, T, H, D, dt in sizes:
@@ -398,7 +514,8 @@ def kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (2, 1000, 4, 64, "float32")
             def loss(impl):
                 def f(q, k, v, g, beta, s0):
                     o, s = kda(q, k, v, g, beta, initial_state=s0, output_final_state=True,
-                               implementation=impl)
+                               implementation=impl,
+                               block_sizes=block_sizes if impl == "pallas" else None)
                     return jnp.sum(o.astype(jnp.float32) * w) + jnp.sum(s), (o, s)
                 return jax.jit(jax.grad(f, argnums=range(6), has_aux=True))
 

@@ -30,28 +30,76 @@ def test_bad_variant_names_the_choices():
         bench_attention.get_config("tpu")
 
 
-# slow (~40 s): the benchmark CLI end to end; the kernels it times are tested elsewhere.
-@pytest.mark.slow
-def test_tiny_benchmark_writes_results(tmp_path):
+def test_smoke_benchmark_runs_the_gpu_code_path(tmp_path):
+    """``configs/bench_attention.py:smoke`` end to end on CPU: checks, every head count,
+    the routing row, the table, bench.json/png and the training section."""
+    from experiments import benchmark
+
     cfg = bench_attention.get_config("smoke")
-    cfg.seq_lens = (128, 256)
-    cfg.fit_range = (128, 256)
-    cfg.iters = 1
-    cfg.implementations = {"dense_xla": 0, "moba_xla": 0, "kda_xla": 0, "moba_nonsense": 0}
-    cfg.check.seq_lens = (128,)
     lines = []
     summary = bench.run(cfg, str(tmp_path), log=lines.append)
+    summary["training"] = benchmark.training_section(cfg.training, log=lines.append)
 
     assert os.path.getsize(tmp_path / "bench.png") > 0
     with open(tmp_path / "bench.json") as f:
         assert json.load(f)["exponents"] == summary["exponents"]
-    ok = [r for r in summary["results"] if r.get("time_s")]
-    assert {(r["impl"], r["mode"]) for r in ok} == {
-        (i, m) for i in ("dense_xla", "moba_xla", "kda_xla") for m in bench.MODES}
-    # A failing implementation is reported and skipped, not fatal.
+    ok = {(r["impl"], r["mode"], r["heads"], r["seq_len"]) for r in summary["results"]
+          if r.get("time_s")}
+    assert not [r for r in summary["results"] if r.get("error")]
+    # Every implementation at every head count and length, within its T x H limit;
+    # the routing row is forward only.
+    expected = {(i, m, h, t) for h in (1, 2) for t in (128, 256)
+                for i in ("dense_xla", "moba_xla") for m in bench.MODES}
+    expected |= {("moba_routing", "fwd", h, t) for h in (1, 2) for t in (128, 256)}
+    expected |= {("kda_xla", m, 1, 128) for m in bench.MODES}
+    assert ok == expected
+    assert {(c["impl"], c["tensor"]) for c in summary["checks"]} == {
+        ("moba_xla", t) for t in ("out", "dq", "dk", "dv")}
+    assert all(c["max_rel_err"] < 1e-5 and c["heads"] == 2 for c in summary["checks"])
+    assert set(summary["exponents"]) == {f"moba_xla/{m}/H{h}" for m in bench.MODES
+                                         for h in (1, 2)}
+    # The table has one row per (heads, T) and a cell per implementation.
+    table = bench.table(summary).splitlines()
+    assert len(table) == 3 + 4 and "moba_routing" in table[1]
+    assert [r["arm"] for r in summary["training"]] == ["full", "moba"]
+    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in summary["training"])
+
+
+def test_failing_implementation_is_recorded_not_fatal(tmp_path):
+    cfg = bench_attention.get_config("smoke")
+    cfg.seq_lens = (128,)
+    cfg.head_counts = (1,)
+    cfg.checks = ()
+    cfg.implementations = {"dense_xla": 0, "moba_nonsense": 0}
+    summary = bench.run(cfg, str(tmp_path), log=lambda s: None)
     failed = [r for r in summary["results"] if r["impl"] == "moba_nonsense"]
-    assert len(failed) == 4 and all("is unknown" in r["error"] for r in failed)
-    assert set(summary["exponents"]) == {"moba_xla/fwd", "moba_xla/fwd_bwd"}
-    assert all(c["max_rel_err"] < 1e-5 for c in summary["checks"])
-    assert sum("T=" in l and "ms" in l for l in lines) == 12  # one line per measurement
-    assert {u["impl"] for u in summary["speedups"]} == {"moba_xla", "kda_xla"}
+    assert len(failed) == 2 and all("is unknown" in r["error"] for r in failed)
+    assert "failed" in bench.table(summary)
+
+
+def test_bad_check_and_arm_names_say_the_fix():
+    from experiments import benchmark
+
+    cfg = bench_attention.get_config("smoke")
+    cfg.checks = ("moba_xla",)
+    with pytest.raises(ValueError, match="must read 'impl:against'"):
+        bench.check_against(cfg, print)
+    t = bench_attention.get_config("smoke").training
+    t.arms = "full,linear"
+    with pytest.raises(ValueError, match="training.arms: unknown linear; choose from"):
+        benchmark.training_configs(t)
+
+
+def test_gpu_config_covers_the_issue_rows():
+    cfg = bench_attention.get_config("gpu")
+    assert tuple(cfg.head_counts) == (1, 16) and cfg.head_dim == 128
+    assert cfg.dtype == "bfloat16"
+    assert {"dense_cudnn", "moba_pallas", "kda_pallas", "kda_xla"} <= set(cfg.implementations)
+    assert cfg.seq_lens[0] == 4096 and cfg.seq_lens[-1] == 131072
+    assert cfg.training.seq_len == 4096
+    from experiments import benchmark
+    from moba_jax.accounting import non_embedding_params
+    arms = dict(benchmark.training_configs(cfg.training))
+    assert set(arms) == {"full", "moba", "kimi_linear"}
+    # "~150M parameters": the full-attention arm's non-embedding count.
+    assert 140e6 < non_embedding_params(arms["full"].model) < 160e6
