@@ -347,6 +347,17 @@ def table(summary: dict) -> str:
 
 # --- driver --------------------------------------------------------------------------
 
+def _write_partial(workdir: str, cfg, results, checks) -> None:
+    """``bench.json`` with what is measured so far (``"partial": true``), so a run cut
+    short by a time limit keeps its numbers; :func:`run` overwrites it at the end."""
+    path = os.path.join(workdir, "bench.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(dict(partial=True, config=cfg.to_dict(), jax_version=jax.__version__,
+                       backend=jax.default_backend(), results=results, checks=checks),
+                  f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+
+
 def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
     """Runs the benchmark described by ``cfg``; returns and writes the results."""
     log = log or (lambda s: print(s, flush=True))
@@ -385,6 +396,7 @@ def run(cfg, workdir: str, log: Callable[[str], None] | None = None) -> dict:
                         if cfg.get("verbose_errors"):
                             log(traceback.format_exc())
                     results.append(rec)
+                    _write_partial(workdir, cfg, results, checks)
             del args
 
     ups = speedups(results, cfg)

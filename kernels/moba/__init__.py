@@ -70,9 +70,9 @@ Total work is ``(T * Hq * top_k + B * Hkv * #blocks * G) * block_size * D``,
 i.e. linear in ``T``.
 """
 from kernels.moba.ops import (IMPLEMENTATIONS, BlockSizes, moba_attention,
-                              moba_select_blocks)
+                              moba_select_blocks, unsupported_reason)
 from kernels.moba.reference import moba_attention_reference
 from kernels.moba.cost import scored_pairs_per_token
 
 __all__ = ["BlockSizes", "IMPLEMENTATIONS", "moba_attention", "moba_attention_reference",
-           "moba_select_blocks", "scored_pairs_per_token"]
+           "moba_select_blocks", "scored_pairs_per_token", "unsupported_reason"]

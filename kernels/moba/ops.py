@@ -202,6 +202,33 @@ def moba_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, block_size: int,
                         interpret)
 
 
+def unsupported_reason(head_dim: int, block_size: int, *, implementation: str = "pallas",
+                       block_sizes: BlockSizes | None = None,
+                       platform: str | None = None) -> str | None:
+    """Why the Pallas kernel that ``implementation`` names cannot take these shapes
+    (``None``: it can). ``platform`` (default: the running backend) picks the variant of
+    ``"pallas"`` as :func:`moba_attention` does. Other implementations take any shape."""
+    if implementation not in ("pallas", "pallas_tpu", "pallas_gpu"):
+        return None
+    platform = platform or jax.default_backend()
+    variant = implementation
+    if implementation == "pallas":
+        variant = "pallas_tpu" if platform == "tpu" else "pallas_gpu"
+    geo = dispatch.Geometry(batch=1, seq_len=block_size, num_q_heads=1, num_kv_heads=1,
+                            head_dim=head_dim, block_size=block_size, top_k=1,
+                            rows_per_tile=(block_sizes or BlockSizes()).block_rows)
+    try:
+        if variant == "pallas_tpu":
+            from kernels.moba import pallas_tpu
+            pallas_tpu._check(geo)
+        else:
+            from kernels.moba import pallas_gpu
+            pallas_gpu._check(geo, block_sizes or BlockSizes())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def moba_select_blocks(q: jax.Array, k: jax.Array, *, block_size: int,
                        top_k: int) -> jax.Array:
     """Past blocks chosen per (token, query head), ``[B, T, Hq, top_k - 1]`` int32.

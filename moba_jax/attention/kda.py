@@ -38,6 +38,7 @@ from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
 from kernels.kda.cost import chunk_backward_flops, chunk_flops
 from moba_jax import elementwise as ew
 from moba_jax import layers
+from moba_jax.attention import fallback
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, one_of, positive
 from moba_jax.sharding import constrain
@@ -183,6 +184,17 @@ def kda_uncounted_by_xla(cfg, seq_len: int, train: bool = False) -> float:
     return cfg.n_heads * (n - 1) * body / seq_len
 
 
+def _pallas_unsupported(head_dim: int, chunk_size: int) -> str | None:
+    """Why the backend's KDA Pallas kernels cannot take this head dim and chunk
+    (``kernels.kda.pallas.check_tiles``), or ``None``."""
+    from kernels.kda import pallas as kda_pallas
+    try:
+        kda_pallas.check_tiles(head_dim, head_dim, chunk_size, kda_pallas.default_variant())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @register_attention("kda")
 class KDAttention(nnx.Module):
     """Kimi Delta Attention layer (see the module docstring)."""
@@ -243,10 +255,12 @@ class KDAttention(nnx.Module):
         opts = cfg.attention.kda
         d, h, hd = cfg.d_model, cfg.n_heads, cfg.head_dim
         self.n_heads, self.head_dim = h, hd
-        self.implementation = str(opts.implementation)
         self.chunk_size = int(opts.chunk_size)
         conv_size = int(opts.conv_size)
         KDAttention.check_options(cfg)
+        self.implementation = fallback.resolve(
+            "model.attention.kda.implementation", str(opts.implementation),
+            _pallas_unsupported(hd, self.chunk_size) if opts.implementation == "pallas" else None)
         dtype = jnp.dtype(cfg.dtype)
         kw = dict(rngs=rngs, dtype=dtype)
         heads = ("q_heads", "head_dim")

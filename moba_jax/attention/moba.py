@@ -20,10 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from kernels.moba import IMPLEMENTATIONS, moba_attention, scored_pairs_per_token
+from kernels.moba import (IMPLEMENTATIONS, moba_attention, scored_pairs_per_token,
+                          unsupported_reason)
 from kernels.moba.blocked import scored_pairs_per_token as blocked_pairs_per_token
 from kernels.moba.cost import elementwise_per_token as moba_elementwise
 from kernels.moba.reference import selected_block_mask
+from moba_jax.attention import fallback
 from moba_jax.attention.full import QKVOAttention, qkvo_elementwise, qkvo_flops
 from moba_jax.attention.registry import register_attention
 from moba_jax.checks import ConfigError, one_of, positive
@@ -127,8 +129,11 @@ class MoBAAttention(QKVOAttention):
         opts = cfg.attention.moba
         self.block_size = int(opts.block_size)
         self.top_k = int(opts.top_k)
-        self.implementation = str(opts.implementation)
         MoBAAttention.check_options(cfg)
+        self.implementation = fallback.resolve(
+            "model.attention.moba.implementation", str(opts.implementation),
+            unsupported_reason(cfg.head_dim, self.block_size,
+                               implementation=str(opts.implementation)))
 
     def attend(self, q, k, v):
         return moba_attention(q, k, v, block_size=self.block_size, top_k=self.top_k,
