@@ -76,6 +76,15 @@ def _masked_scores(q, k, qpos_G, rows_G, lo, hi, kpos0, scale):
     return jnp.where(mask, s, -jnp.inf), mask
 
 
+def _num_chunks(qpos, rows_G, lo, hi, block, block_size, block_k):
+    """Key chunks of ``block`` that any of the item's rows ``[lo, hi)`` can see: all of
+    them for a past block, up to the last row's token for its current block (the chunks
+    after it are entirely in the future of every row, so skipping them changes nothing)."""
+    last = jnp.max(jnp.where((rows_G >= lo) & (rows_G < hi), qpos, -1))
+    seen = (last - block * block_size) // block_k + 1
+    return jnp.clip(seen, 0, block_size // block_k)
+
+
 def _fwd_kernel(item_start_ref, item_end_ref, block_ref, lo_ref, hi_ref, q_ref, qpos_ref,
                 k_ref, v_ref, o_ref, lse_ref, *, scale, block_size, block_k, tile):
     bg, t = pl.program_id(0), pl.program_id(1)
@@ -102,7 +111,8 @@ def _fwd_kernel(item_start_ref, item_end_ref, block_ref, lo_ref, hi_ref, q_ref, 
             acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
             return m_new, l, acc
 
-        return jax.lax.fori_loop(0, block_size // block_k, chunk_body, carry)
+        n_chunks = _num_chunks(qpos, rows_G, lo, hi, block, block_size, block_k)
+        return jax.lax.fori_loop(0, n_chunks, chunk_body, carry)
 
     init = (jnp.full((tile,), -jnp.inf, jnp.float32), jnp.zeros((tile,), jnp.float32),
             jnp.zeros((tile, d), jnp.float32))
@@ -135,7 +145,8 @@ def _dq_kernel(item_start_ref, item_end_ref, block_ref, lo_ref, hi_ref, q_ref, q
             ds = p * (dp - delta[:, None]) * scale
             return dq + _dot(ds.astype(k.dtype), k)
 
-        return jax.lax.fori_loop(0, block_size // block_k, chunk_body, dq)
+        n_chunks = _num_chunks(qpos, rows_G, lo, hi, block, block_size, block_k)
+        return jax.lax.fori_loop(0, n_chunks, chunk_body, dq)
 
     dq = jax.lax.fori_loop(item_start_ref[bg, t], item_end_ref[bg, t], item_body,
                            jnp.zeros(q.shape, jnp.float32))
@@ -143,7 +154,7 @@ def _dq_kernel(item_start_ref, item_end_ref, block_ref, lo_ref, hi_ref, q_ref, q
 
 
 def _dkv_kernel(block_start_ref, block_end_ref, q_ref, qpos_ref, do_ref, lse_ref, delta_ref,
-                k_ref, v_ref, dk_ref, dv_ref, *, scale, block_size, block_k, tile):
+                k_ref, v_ref, dk_ref, dv_ref, *, scale, block_size, block_k, tile, group):
     bg, n, c = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start = n * block_size + c * block_k
     keys = pl.ds(start, block_k)
@@ -165,7 +176,11 @@ def _dkv_kernel(block_start_ref, block_end_ref, q_ref, qpos_ref, do_ref, lse_ref
         dk = dk + _dot(ds.astype(q.dtype), q, trans_a=True)
         return dk, dv
 
-    first_tile = run_start // tile
+    # The block's sorted run lists its own tokens first (slot 0, ascending positions:
+    # the sort is stable and pairs are numbered by token), then the later tokens that
+    # chose it. Rows whose token precedes this key chunk (the first `start - n *
+    # block_size` tokens, R rows each) see none of its keys: start after them.
+    first_tile = (run_start + (start - n * block_size) * group) // tile
     last_tile = jnp.where(run_end > run_start, (run_end - 1) // tile + 1, first_tile)
     zeros = jnp.zeros(k.shape, jnp.float32)
     dk, dv = jax.lax.fori_loop(first_tile, last_tile, tile_body, (zeros, zeros))
@@ -209,7 +224,7 @@ def grouped_backward(q_BGPpD, k_BGTpD, v_BGTpD, do_BGPpD, lse_BGPp, delta_BGPp,
     )(*_item_tables(plan), q_BGPpD, plan.qpos_BGPp, do_BGPpD, lse_BGPp, delta_BGPp,
       k_BGTpD, v_BGTpD)
     dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, **static),
+        functools.partial(_dkv_kernel, group=geo.group, **static),
         grid=(bg, geo.num_blocks, geo.block_size // bk),
         out_shape=(jax.ShapeDtypeStruct((bg, tp, d), jnp.float32),
                    jax.ShapeDtypeStruct((bg, tp, d), jnp.float32)),
