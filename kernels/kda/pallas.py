@@ -17,12 +17,12 @@ backward  recomputes 2 and 3 (3 now also writing the per-chunk start states ``h`
 
 Only the middle (``_kda_core``) is a ``custom_vjp``; residuals are just its inputs.
 Variants: ``"tpu"`` (``pallas_tpu.py``, Mosaic; sequential grid axis + VMEM scratch
-state) and ``"gpu"`` (``pallas_gpu.py``, Triton; in-kernel loop over chunks); each
-module has the same four functions. Interpret mode follows ``kernels/interpret.py``
-(``resolve_interpret`` below). Supported tiles: K and V powers of two in [16, 256] on
-TPU and in [16, 64] on GPU (with 128 the Triton intra-chunk kernels asked for 294912
-bytes of shared memory on an H100, which has 232448), chunk size a power of two in
-[16, 128]; otherwise a ValueError points to ``implementation="xla"``.
+state) and ``"gpu"`` (``pallas_gpu.py``, Triton; in-kernel loop over chunks, the state
+pass split over V tiles of ``BlockSizes.block_v`` and the intra-chunk kernels looping
+over column tiles of ``block_k`` / ``block_v``); each module has the same four
+functions. Interpret mode follows ``kernels/interpret.py`` (``resolve_interpret``
+below). Supported tiles: K and V powers of two in [16, 256] on both variants, chunk size
+a power of two in [16, 128]; otherwise a ValueError points to ``implementation="xla"``.
 """
 from __future__ import annotations
 
@@ -39,29 +39,48 @@ from kernels.kda.chunked import pad_to_chunks
 
 _log = logging.getLogger(__name__)
 _F32 = jnp.float32
-MAX_HEAD_DIM = {"tpu": 256, "gpu": 64}
+MAX_HEAD_DIM = {"tpu": 256, "gpu": 256}
 VARIANTS = {"tpu": pallas_tpu, "gpu": pallas_gpu}
 _logged_interpret = False
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Launch parameters of the Pallas kernels (they change speed, not results).
+    """Launch parameters of the Pallas GPU kernels (they change speed, not results).
 
     The chunk length is the op's ``chunk_size`` argument and the sub-chunk is fixed at 16
-    (``chunked_decay.SUB_CHUNK``); what is left to tune are the Triton launch parameters
-    (the TPU kernels have none):
+    (``chunked_decay.SUB_CHUNK``); what is left to tune are the Triton tiles and launch
+    parameters (the TPU kernels have none: they always take whole head dims):
 
     Attributes:
+      block_k: key channels per in-kernel column tile of the intra-chunk kernels (the
+        ``[C, C]`` score matrices are accumulated tile by tile; the per-channel gradients
+        are written tile by tile). Shared memory of those kernels grows with it.
+      block_v: value channels per tile: the state pass runs one program per
+        ``(batch, head, V tile)`` holding a ``[K, block_v]`` state, and the intra-chunk
+        kernels loop over V in tiles of this width.
       num_warps: warps of the intra-chunk kernels on GPU.
       state_num_warps: warps of the state-pass kernels on GPU.
       num_stages: Triton pipeline stages of every GPU kernel.
+
+    Tiles wider than a head dim are clamped to it. The defaults were the fastest of the
+    tiles tried on an H200 (``pallas_gpu.py``'s docstring, with the estimated shared
+    memory per kernel); ``block_v`` also sets how many partial copies (``V / block_v``)
+    of the V-reduced state-pass gradients the backward writes before XLA sums them.
     """
+    block_k: int = 16
+    block_v: int = 16
     num_warps: int = 8
     state_num_warps: int = 4
     num_stages: int = 1
 
     def __post_init__(self):
+        for name in ("block_k", "block_v"):
+            n = getattr(self, name)
+            if not isinstance(n, int) or n < 16 or n > 256 or n & (n - 1):
+                raise ValueError(f"BlockSizes.{name}={n!r} must be a power of two in "
+                                 f"[16, 256] (e.g. {getattr(BlockSizes, name)}); smaller "
+                                 "tiles use less shared memory.")
         for name in ("num_warps", "state_num_warps"):
             n = getattr(self, name)
             if not isinstance(n, int) or n <= 0 or n & (n - 1):

@@ -10,7 +10,10 @@ backend files add compiler parameters and the state-pass kernels:
   shapes ``fwd_out_shapes`` / ``bwd_out_shapes``.
 
 Intra-chunk kernels. One grid step handles one chunk of one (batch, head): grid
-``(B, H, N)``, every step independent ("parallel").
+``(B, H, N)``, every step independent ("parallel"). ``block_k`` / ``block_v`` (GPU only;
+``None``, the TPU's choice, means whole head dims) make them sum the ``[C, C]`` matrices
+over column tiles of K / V channels and write per-channel outputs tile by tile, which
+bounds what is live at once (``pallas_gpu.py`` has the estimates).
 
 Forward (``intra_fwd``), per chunk of ``C`` tokens, everything in float32:
 
@@ -125,28 +128,59 @@ def _unit_lower_inverse16(A):
     return lax.fori_loop(1, SUB, lambda i, X: X - dot(jnp.where(r16 == i, A, 0.0), X), eye16)
 
 
-def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
-    """Shared forward math: returns ``(Akk_raw, Aqk, Tinv)`` for one chunk (float32)."""
+def _cols(t, block, n):
+    """Column index of tile ``t`` of ``n`` tiles of width ``block``: all columns when
+    ``n == 1`` (the TPU kernels, and GPU head dims <= the tile), else ``pl.ds``."""
+    return slice(None) if n == 1 else pl.ds(pl.multiple_of(t * block, block), block)
+
+
+def _loop(n, body, init):
+    """``lax.fori_loop(0, n, body, init)``, or one plain call when ``n == 1``."""
+    return body(0, init) if n == 1 else lax.fori_loop(0, n, body, init)
+
+
+def _num_tiles(D, block):
+    block = D if block is None else min(block, D)
+    return block, D // block
+
+
+def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C, bk):
+    """Shared forward math: returns ``(Akk_raw, Aqk, Tinv)`` for one chunk (float32).
+
+    The ``[C, C]`` score matrices are sums over key channels; they are accumulated over
+    column tiles of ``bk`` channels (one tile when ``bk >= K``), so what is live at once
+    is ``[C, bk]`` factors and ``[16, 16, bk]`` pairwise diagonal-block terms."""
+    K = k_ref.shape[-1]
+    bk, nk = _num_tiles(K, bk)
     ns = C // SUB
-    q = q_ref[...].astype(_F32) * scale
-    k = k_ref[...].astype(_F32)
-    G = g_ref[...]
-    beta = b_ref[...]  # [C, 1]
     i2, j2 = _iota((SUB, SUB), 0), _iota((SUB, SUB), 1)
+    zeros16 = jnp.zeros((SUB, SUB), _F32)
 
     def block(a, carry):
         akk_off, akk_diag, aqk, x_diag = carry
         lo = pl.multiple_of(a * SUB, SUB)
-        # Off-diagonal blocks of row block a (empty for a == 0: `right` is all zero).
-        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
-        kr = k * right
-        akk_off = akk_off + dot_t(k * left, kr)
-        aqk = aqk + dot_t(q * left, kr)
-        # Diagonal block, pairwise.
-        k_a, q_a = _block_rows(k_ref, lo), _block_rows(q_ref, lo, scale)
-        decay = _pair_decay(g_ref[pl.ds(lo, SUB), :])
-        skk = jnp.where(j2 < i2, jnp.sum(k_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
-        sqk = jnp.where(j2 <= i2, jnp.sum(q_a[:, None, :] * k_a[None, :, :] * decay, axis=2), 0.0)
+
+        def k_tile(t, acc):
+            akk_off, aqk, skk, sqk = acc
+            cols = _cols(t, bk, nk)
+            # Off-diagonal blocks of row block a (empty for a == 0: `right` is all zero).
+            left, right = _ref_row_factors(g_ref[:, cols], g_ref[pl.ds(lo, 1), cols], a, C)
+            k = k_ref[:, cols].astype(_F32)
+            q = q_ref[:, cols].astype(_F32) * scale
+            kr = k * right
+            akk_off = akk_off + dot_t(k * left, kr)
+            aqk = aqk + dot_t(q * left, kr)
+            # Diagonal block, pairwise (masked below, once summed over the tiles).
+            k_a = k_ref[pl.ds(lo, SUB), cols].astype(_F32)
+            q_a = q_ref[pl.ds(lo, SUB), cols].astype(_F32) * scale
+            decay = _pair_decay(g_ref[pl.ds(lo, SUB), cols])
+            skk = skk + jnp.sum(k_a[:, None, :] * k_a[None, :, :] * decay, axis=2)
+            sqk = sqk + jnp.sum(q_a[:, None, :] * k_a[None, :, :] * decay, axis=2)
+            return akk_off, aqk, skk, sqk
+
+        akk_off, aqk, skk, sqk = _loop(nk, k_tile, (akk_off, aqk, zeros16, zeros16))
+        skk = jnp.where(j2 < i2, skk, 0.0)
+        sqk = jnp.where(j2 <= i2, sqk, 0.0)
         P = _selector(C, lo)
         akk_diag = akk_diag + t_dot(P, dot(skk, P))
         aqk = aqk + t_dot(P, dot(sqk, P))
@@ -157,7 +191,7 @@ def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
     zeros = jnp.zeros((C, C), _F32)
     akk_off, akk_diag, aqk, x_diag = lax.fori_loop(0, ns, block, (zeros,) * 4)
     # Block forward substitution over block rows: T_a = X_aa (P_a - A_a,<a T_<a).
-    a_off = beta * akk_off
+    a_off = b_ref[...] * akk_off
     row = _iota((C, 1), 0)
 
     def block_row(a, Tinv):
@@ -168,35 +202,53 @@ def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C):
     return akk_off + akk_diag, aqk, Tinv
 
 
-def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, *, scale, C):
-    _, aqk, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
+def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, *, scale, C,
+                      bk, bv):
+    _, aqk, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C, bk)
     beta = b_ref[...]
-    k = k_ref[...].astype(_F32)
-    w_ref[...] = dot(Tinv, beta * jnp.exp(g_ref[...]) * k)
-    u_ref[...] = dot(Tinv, beta * v_ref[...].astype(_F32))
+    bk, nk = _num_tiles(k_ref.shape[-1], bk)
+    bv, nv = _num_tiles(v_ref.shape[-1], bv)
+
+    def w_tile(t, carry):
+        cols = _cols(t, bk, nk)
+        w_ref[:, cols] = dot(Tinv, beta * jnp.exp(g_ref[:, cols]) * k_ref[:, cols].astype(_F32))
+        return carry
+
+    def u_tile(t, carry):
+        cols = _cols(t, bv, nv)
+        u_ref[:, cols] = dot(Tinv, beta * v_ref[:, cols].astype(_F32))
+        return carry
+
+    _loop(nk, w_tile, ())
+    _loop(nv, u_tile, ())
     aqk_ref[...] = aqk
 
 
-def _decayed_row_col(M, x, y, G, g_ref, x_ref, y_ref, x_scale, C):
+def _decayed_row_col(M, g_ref, x_ref, y_ref, cols, x_scale, C):
     """For lower-triangular ``M [C, C]``: ``row_i = sum_j M_ij y_j e^{G_i - G_j}`` and
-    ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (both ``[C, K]``), stably.
-
-    ``x_ref, y_ref`` hold x (times ``x_scale``) and y for the diagonal blocks."""
+    ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (both ``[C, cols]``), stably, on the key
+    channels ``cols`` (x, y, G read from the refs there; x times ``x_scale``)."""
+    G = g_ref[:, cols]
+    x = x_ref[:, cols].astype(_F32)
+    x = x if x_scale is None else x * x_scale
+    y = y_ref[:, cols].astype(_F32)
     r = _iota((C, 1), 0)
     c = _iota((1, C), 1)
 
     def block(a, carry):
         row_out, col_out = carry
         lo = pl.multiple_of(a * SUB, SUB)
-        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), :], a, C)
+        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), cols], a, C)
         in_a = (r >= lo) & (r < lo + SUB)
         M_a = jnp.where(in_a & (c < lo), M, 0.0)  # block row a, columns before it
         row_out = row_out + left * dot(M_a, y * right)
         col_out = col_out + right * t_dot(M_a, x * left)
         P = _selector(C, lo)
         M_aa = dot_t(dot(P, M), P)  # [16, 16] diagonal block
-        md = M_aa[:, :, None] * _pair_decay(g_ref[pl.ds(lo, SUB), :])
-        y_a, x_a = _block_rows(y_ref, lo), _block_rows(x_ref, lo, x_scale)
+        md = M_aa[:, :, None] * _pair_decay(g_ref[pl.ds(lo, SUB), cols])
+        y_a = y_ref[pl.ds(lo, SUB), cols].astype(_F32)
+        x_a = x_ref[pl.ds(lo, SUB), cols].astype(_F32)
+        x_a = x_a if x_scale is None else x_a * x_scale
         row_out = row_out + t_dot(P, jnp.sum(md * y_a[None, :, :], axis=1))
         col_out = col_out + t_dot(P, jnp.sum(md * x_a[:, None, :], axis=0))
         return row_out, col_out
@@ -207,57 +259,78 @@ def _decayed_row_col(M, x, y, G, g_ref, x_ref, y_ref, x_scale, C):
 
 def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_ref,
                       dq1_ref, dk1_ref, dg1_ref,
-                      dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale, C):
-    akk_raw, _, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C)
-    q = q_ref[...].astype(_F32) * scale
-    k = k_ref[...].astype(_F32)
-    v = v_ref[...].astype(_F32)
-    G = g_ref[...]
+                      dq_ref, dk_ref, dv_ref, dg_ref, db_ref, *, scale, C, bk, bv):
+    """Phase 1 builds the ``[C, C]`` matrices (sums over all key/value channels, tile by
+    tile); phase 2 writes the per-channel gradients one column tile at a time (every
+    output column depends only on its own channel and the ``[C, C]`` matrices)."""
+    akk_raw, _, Tinv = _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C, bk)
+    bk, nk = _num_tiles(k_ref.shape[-1], bk)
+    bv, nv = _num_tiles(v_ref.shape[-1], bv)
     beta = b_ref[...]
-    eG = jnp.exp(G)
-    bk = beta * eG * k
-    bv = beta * v
-    dW, dU = dw_ref[...], du_ref[...]
     r = _iota((C, C), 0)
     c = _iota((C, C), 1)
-    dTinv = jnp.where(c <= r, dot_t(dU, bv) + dot_t(dW, bk), 0.0)
-    d_bv = t_dot(Tinv, dU)
-    d_bk = t_dot(Tinv, dW)
+
+    # dTinv = dU (beta v)^T + dW (beta e^G k)^T, lower incl. the diagonal.
+    def dtinv_v(t, acc):
+        cols = _cols(t, bv, nv)
+        return acc + dot_t(du_ref[:, cols], beta * v_ref[:, cols].astype(_F32))
+
+    def dtinv_k(t, acc):
+        cols = _cols(t, bk, nk)
+        bk_t = beta * jnp.exp(g_ref[:, cols]) * k_ref[:, cols].astype(_F32)
+        return acc + dot_t(dw_ref[:, cols], bk_t)
+
+    dTinv = _loop(nk, dtinv_k, _loop(nv, dtinv_v, jnp.zeros((C, C), _F32)))
+    dTinv = jnp.where(c <= r, dTinv, 0.0)
     dA = jnp.where(c < r, -t_dot(Tinv, dot_t(dTinv, Tinv)), 0.0)  # d(beta * Akk_raw)
-    dbeta = (jnp.sum(v * d_bv, axis=1, keepdims=True)
-             + jnp.sum(eG * k * d_bk, axis=1, keepdims=True)
-             + jnp.sum(dA * akk_raw, axis=1, keepdims=True))
-    dv = beta * d_bv
-    dk = beta * eG * d_bk + dk1_ref[...]
-    dG = bk * d_bk + dg1_ref[...]
-    dq = dq1_ref[...]
-    # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij.
-    kk_row, kk_col = _decayed_row_col(beta * dA, k, k, G, g_ref, k_ref, k_ref, None, C)
-    # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk (lower incl. diagonal).
+    bdA = beta * dA
     daqk = jnp.where(c <= r, daqk_ref[...], 0.0)
-    qk_row, qk_col = _decayed_row_col(daqk, q, k, G, g_ref, q_ref, k_ref, scale, C)
-    dk = dk + kk_row + kk_col + qk_col
-    dq = dq + qk_row
-    dG = dG + k * (kk_row - kk_col) + q * qk_row - k * qk_col
-    dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
-    dg_ref[...] = dG
-    db_ref[...] = dbeta
+    dbeta = jnp.sum(dA * akk_raw, axis=1, keepdims=True)
+
+    def v_grads(t, dbeta):
+        cols = _cols(t, bv, nv)
+        d_bv = t_dot(Tinv, du_ref[:, cols])
+        dv_ref[:, cols] = (beta * d_bv).astype(dv_ref.dtype)
+        return dbeta + jnp.sum(v_ref[:, cols].astype(_F32) * d_bv, axis=1, keepdims=True)
+
+    def k_grads(t, dbeta):
+        cols = _cols(t, bk, nk)
+        q = q_ref[:, cols].astype(_F32) * scale
+        k = k_ref[:, cols].astype(_F32)
+        eGk = jnp.exp(g_ref[:, cols]) * k
+        d_bk = t_dot(Tinv, dw_ref[:, cols])
+        # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij.
+        kk_row, kk_col = _decayed_row_col(bdA, g_ref, k_ref, k_ref, cols, None, C)
+        # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk (lower incl. diagonal).
+        qk_row, qk_col = _decayed_row_col(daqk, g_ref, q_ref, k_ref, cols, scale, C)
+        dk = beta * jnp.exp(g_ref[:, cols]) * d_bk + dk1_ref[:, cols] + kk_row + kk_col + qk_col
+        dq = dq1_ref[:, cols] + qk_row
+        dG = (beta * eGk * d_bk + dg1_ref[:, cols] + k * (kk_row - kk_col) + q * qk_row
+              - k * qk_col)
+        dq_ref[:, cols] = (dq * scale).astype(dq_ref.dtype)
+        dk_ref[:, cols] = dk.astype(dk_ref.dtype)
+        dg_ref[:, cols] = dG
+        return dbeta + jnp.sum(eGk * d_bk, axis=1, keepdims=True)
+
+    dbeta = _loop(nv, v_grads, dbeta)
+    db_ref[...] = _loop(nk, k_grads, dbeta)
 
 
 def _chunk_spec(C, D):
     return pl.BlockSpec((None, None, C, D), lambda b, h, n: (b, h, n, 0))
 
 
-def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret):
+def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret, block_k=None,
+              block_v=None):
     """``q, k, G: [B, H, Tp, K]``, ``v: [B, H, Tp, V]``, ``beta: [B, H, Tp, 1]`` ->
-    ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``, ``Aqk [B, H, Tp, C]`` (float32)."""
+    ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``, ``Aqk [B, H, Tp, C]`` (float32).
+
+    ``block_k`` / ``block_v``: in-kernel column tiles over K / V (``None``: whole)."""
     B, H, Tp, K = q.shape
     V = v.shape[-1]
     f32 = jax.ShapeDtypeStruct
     return pl.pallas_call(
-        functools.partial(_intra_fwd_kernel, scale=scale, C=C),
+        functools.partial(_intra_fwd_kernel, scale=scale, C=C, bk=block_k, bv=block_v),
         grid=(B, H, Tp // C),
         in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
                   _chunk_spec(C, 1)],
@@ -268,13 +341,15 @@ def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret):
 
 
 def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compiler_params,
-              interpret):
-    """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dG``, ``dbeta`` (f32)."""
+              interpret, block_k=None, block_v=None):
+    """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dG``, ``dbeta`` (f32).
+
+    ``block_k`` / ``block_v``: in-kernel column tiles over K / V (``None``: whole)."""
     B, H, Tp, K = q.shape
     V = v.shape[-1]
     sds = jax.ShapeDtypeStruct
     return pl.pallas_call(
-        functools.partial(_intra_bwd_kernel, scale=scale, C=C),
+        functools.partial(_intra_bwd_kernel, scale=scale, C=C, bk=block_k, bv=block_v),
         grid=(B, H, Tp // C),
         in_specs=[_chunk_spec(C, K), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, K),
                   _chunk_spec(C, 1), _chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C),

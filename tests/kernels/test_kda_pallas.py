@@ -19,10 +19,11 @@ KERNELS = {"tpu": ("kda_intra_fwd", "kda_state_fwd_tpu", "kda_state_bwd_tpu", "k
            "gpu": ("kda_intra_fwd", "kda_state_fwd_gpu", "kda_state_bwd_gpu", "kda_intra_bwd")}
 
 
-def _pallas(variant, chunk_size=64, interpret=True):
+def _pallas(variant, chunk_size=64, interpret=True, block_sizes=None):
   def fn(q, k, v, g, beta, s0):
     return kda_pallas(q, k, v, g, beta, scale=q.shape[-1] ** -0.5, initial_state=s0,
-                      chunk_size=chunk_size, interpret=interpret, variant=variant)
+                      chunk_size=chunk_size, interpret=interpret, variant=variant,
+                      block_sizes=block_sizes)
   return fn
 
 
@@ -40,6 +41,35 @@ def test_pallas_matches_reference(variant, dtype):
   got = value_and_grads(_pallas(variant), args, weights)
   assert got["o"].dtype == jnp.dtype(dtype) and got["dk"].dtype == jnp.dtype(dtype)
   assert_close(got, _reference(args, weights), dtype)
+
+
+# The GPU kernels at the head dims models use: with the default tiles (block_k = block_v =
+# 16) K = V = 128 runs 8 key tiles in the intra-chunk loops and 8 V-tile programs in the
+# state pass, whose V-reduced gradients are summed from 8 partials; 64 runs 4 of each.
+# Two chunks of 64 so the state is carried. The bf16 case is `slow` to keep CI short:
+# [128-128-float32] runs the same kernels and tiles, and bf16 numerics are checked at
+# small head dims by test_pallas_matches_reference.
+@pytest.mark.parametrize("K,V,dtype", [
+    (64, 64, "float32"), (128, 128, "float32"),
+    pytest.param(128, 128, "bfloat16", marks=pytest.mark.slow)])
+def test_gpu_head_dims_match_reference(K, V, dtype):
+  args, weights = make_inputs(B=1, T=128, H=1, K=K, V=V, dtype=dtype, seed=2)
+  got = value_and_grads(_pallas("gpu"), args, weights)
+  assert got["o"].dtype == jnp.dtype(dtype)
+  assert_close(got, _reference(args, weights), dtype)
+
+
+# The second case is `slow`: the first covers the same code (several key and V tiles,
+# K != V) with other tile counts.
+@pytest.mark.parametrize("K,V,block_sizes", [
+    (128, 64, kda_pallas_mod.BlockSizes(block_k=64, block_v=32)),
+    pytest.param(64, 128, kda_pallas_mod.BlockSizes(block_k=32, block_v=64),
+                 marks=pytest.mark.slow)])
+def test_gpu_other_tiles_match_reference(K, V, block_sizes):
+  """Tiles other than the defaults (and K != V) change speed only, never results."""
+  args, weights = make_inputs(B=1, T=100, H=1, K=K, V=V, seed=3)
+  got = value_and_grads(_pallas("gpu", block_sizes=block_sizes), args, weights)
+  assert_close(got, _reference(args, weights), "float32")
 
 
 @pytest.mark.parametrize("variant,g_min,g_max,chunk", [
@@ -77,7 +107,8 @@ def test_interpret_auto_on_cpu_logs_once(caplog, monkeypatch):
 @pytest.mark.parametrize("variant,K,V,chunk,match", [
     ("tpu", 48, 16, 64, "K \\(q/k head dim\\)=48 is too large or not supported"),
     ("tpu", 512, 16, 64, "K \\(q/k head dim\\)=512 .* \\[16, 256\\]"),
-    ("gpu", 16, 128, 64, "V \\(v head dim\\)=128 .* gpu kernel tiles .* \\[16, 64\\]"),
+    ("gpu", 16, 512, 64, "V \\(v head dim\\)=512 .* gpu kernel tiles .* \\[16, 256\\]"),
+    ("gpu", 96, 16, 64, "K \\(q/k head dim\\)=96 .* gpu kernel tiles"),
     ("tpu", 16, 16, 48, "chunk_size=48 must be a power of two"),
 ])
 def test_tile_errors(variant, K, V, chunk, match):
@@ -108,9 +139,11 @@ def _lower(variant, platform, dtype, K=64, V=64):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("variant,platform", [("tpu", "tpu"), ("gpu", "cuda")])
-def test_kernels_lower_for_platform(variant, platform, dtype):
-  text = _lower(variant, platform, dtype, K=64, V=128 if variant == "tpu" else 64)
+@pytest.mark.parametrize("variant,platform,K,V", [
+    ("tpu", "tpu", 64, 128), ("tpu", "tpu", 128, 128), ("gpu", "cuda", 64, 64),
+    ("gpu", "cuda", 128, 128)])
+def test_kernels_lower_for_platform(variant, platform, K, V, dtype):
+  text = _lower(variant, platform, dtype, K=K, V=V)
   target = "tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton"
   assert target in text
   missing = [name for name in KERNELS[variant] if name not in text]

@@ -45,7 +45,12 @@ def test_kda_compiled_pallas_without_its_hardware_is_an_error():
 
 
 def test_kda_block_sizes():
-    assert BlockSizes.get_default() == BlockSizes(num_warps=8, state_num_warps=4, num_stages=1)
+    assert BlockSizes.get_default() == BlockSizes(block_k=16, block_v=16, num_warps=8,
+                                                  state_num_warps=4, num_stages=1)
+    for name, bad in (("block_k", 8), ("block_v", 48), ("block_v", 512)):
+        with pytest.raises(ValueError, match=f"BlockSizes.{name}={bad} must be a power of "
+                                             r"two in \[16, 256\]"):
+            BlockSizes(**{name: bad})
     with pytest.raises(ValueError, match="BlockSizes.num_warps=6 must be a power of two"):
         BlockSizes(num_warps=6)
     with pytest.raises(ValueError, match="BlockSizes.num_stages=0"):
