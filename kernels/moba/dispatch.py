@@ -34,6 +34,11 @@ import jax.numpy as jnp
 
 from kernels.moba import selection
 
+# Every ``searchsorted`` here runs unrolled: the default ("scan") is a while loop of
+# log2(n) trips, each trip its own kernel launches on a GPU; unrolled, XLA fuses the
+# chain (same results, bit for bit).
+_SEARCH = "scan_unrolled"
+
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
@@ -116,8 +121,9 @@ def _plan_one(blocks_P: jax.Array, geo: Geometry) -> Plan:
     qpos_Pp = jnp.where(valid_Pp, row_Pp // geo.group, -1)
 
     blk_N = jnp.arange(n, dtype=jnp.int32)
-    start_N = jnp.searchsorted(sorted_blocks_P, blk_N, side="left").astype(jnp.int32)
-    end_N = jnp.searchsorted(sorted_blocks_P, blk_N, side="right").astype(jnp.int32)
+    start_N = jnp.searchsorted(sorted_blocks_P, blk_N, side="left", method=_SEARCH)
+    end_N = jnp.searchsorted(sorted_blocks_P, blk_N, side="right", method=_SEARCH)
+    start_N, end_N = start_N.astype(jnp.int32), end_N.astype(jnp.int32)
     nonempty_N = end_N > start_N
     first_tile_N = start_N // tile
     items_N = jnp.where(nonempty_N, (end_N - 1) // tile - first_tile_N + 1, 0)
@@ -126,7 +132,8 @@ def _plan_one(blocks_P: jax.Array, geo: Geometry) -> Plan:
     total = items_end_N[-1]
 
     w_W = jnp.minimum(jnp.arange(w, dtype=jnp.int32), total - 1)  # padding repeats the last
-    block_W = jnp.searchsorted(items_end_N, w_W, side="right").astype(jnp.int32)
+    block_W = jnp.searchsorted(items_end_N, w_W, side="right",
+                               method=_SEARCH).astype(jnp.int32)
     tile_W = first_tile_N[block_W] + (w_W - items_start_N[block_W])
     real_W = jnp.arange(w) < total
     lo_W = jnp.clip(start_N[block_W] - tile_W * tile, 0, tile)
@@ -136,8 +143,9 @@ def _plan_one(blocks_P: jax.Array, geo: Geometry) -> Plan:
 
     tiles_NT = jnp.arange(nt, dtype=jnp.int32)
     real_tiles_W = jnp.where(real_W, tile_W, nt)
-    tile_start = jnp.searchsorted(real_tiles_W, tiles_NT, side="left").astype(jnp.int32)
-    tile_end = jnp.searchsorted(real_tiles_W, tiles_NT, side="right").astype(jnp.int32)
+    tile_start = jnp.searchsorted(real_tiles_W, tiles_NT, side="left", method=_SEARCH)
+    tile_end = jnp.searchsorted(real_tiles_W, tiles_NT, side="right", method=_SEARCH)
+    tile_start, tile_end = tile_start.astype(jnp.int32), tile_end.astype(jnp.int32)
     return Plan(inv_P, blocks_P < n, row_Pp, qpos_Pp.astype(jnp.int32), start_N, end_N,
                 tile_W.astype(jnp.int32), block_W, lo_W.astype(jnp.int32),
                 hi_W.astype(jnp.int32), tile_start, tile_end)
