@@ -8,6 +8,12 @@ quantity the model's "compiled" FLOP count multiplies by ``4 * head_dim``, and
 :func:`elementwise_per_token` the element-wise work around those products, forward and
 backward, as XLA's cost analysis counts it (one FLOP per element of each element-wise
 operation, ``n - 1`` per reduction over ``n``).
+
+The GPU (Triton) kernels skip, inside an item of a row's current block, the key chunks
+that lie after the item's last token (they are masked for every row), and the ``dk``/``dv``
+kernel the rows before a key chunk; for them these counts are an upper bound (at block
+512 with 64-key chunks and 128-row tiles, about 3/8 of the current block's forward
+chunks are skipped, i.e. an eighth of all scored pairs at top-3).
 """
 from __future__ import annotations
 
