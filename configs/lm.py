@@ -54,6 +54,9 @@ def train_config() -> ml_collections.ConfigDict:
         progress=True,
         tensorboard=False,           # also write metrics to RUN_DIR/tb/ (needs tensorboardX)
         peak_flops_per_device=0.0,   # 0: from the device kind when known (for MFU)
+        prefetch=2,                  # batches sent to the devices ahead of their step
+        async_checkpoints=True,      # written in the background (moba_jax/train/checkpointing.py)
+        forbid_host_sync_between_logs=False,   # debug: a host read between log steps raises
     ))
 
 

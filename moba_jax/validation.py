@@ -66,6 +66,8 @@ def check_train_config(t) -> None:
              "(Moonlight's match to AdamW)")
     at_least("train.peak_flops_per_device", t.get("peak_flops_per_device", 0.0), 0,
              "give the device's peak FLOP/s, or 0 to look it up from the device kind")
+    at_least("train.prefetch", t.get("prefetch", 2), 0, "give the batches to send to the "
+             "devices ahead of their step, e.g. 2 (0: none)", integer=True)
     if t.global_batch % t.grad_accum:
         raise ConfigError("train.grad_accum", f"{t.grad_accum} does not divide "
                           f"train.global_batch={t.global_batch}",

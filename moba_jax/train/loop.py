@@ -7,21 +7,32 @@ is unfinished: calling :func:`train` again resumes it from its latest checkpoint
 
 On SIGTERM (a preemption notice) the run saves a checkpoint at the next step
 boundary and raises :class:`Preempted`; the entry points exit with code 75.
+
+The host never waits for the device between log steps: the loss, the NaN/inf guard
+and the metrics stay on the device until a log, evaluation or checkpoint step reads
+them (in one fetch), so steps are dispatched ahead of the device in between. The
+next ``train.prefetch`` batches are already on their devices before the step that
+needs them (:class:`_Prefetcher`), and checkpoints are written in the background
+(:mod:`moba_jax.train.checkpointing`). ``train.forbid_host_sync_between_logs=True``
+(a debug switch) makes any host read of a device value between those steps an error
+(:func:`_no_host_reads`).
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import sys
+import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moba_jax import distributed, fileio
 from moba_jax.accounting import activated_params
@@ -31,13 +42,18 @@ from moba_jax.data import build_datasets
 from moba_jax.attention import kind_sources
 from moba_jax.model import layer_kinds, param_counts
 from moba_jax.validation import check_run_config
-from moba_jax.train import checkpointing, metrics as mx, optim, state as st, step as stp
+from moba_jax.train import checkpointing, metrics as mx, state as st, step as stp
 
 log = logging.getLogger("moba_jax")
 
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class HostSyncError(RuntimeError):
+    """A device value was read on the host between log steps, under
+    ``train.forbid_host_sync_between_logs``."""
 
 
 class Preempted(RuntimeError):
@@ -101,6 +117,80 @@ def _global_batch(local: dict, sharding) -> dict:
             for k in stp.BATCH_KEYS}
 
 
+class _Prefetcher:
+    """Training batches taken ``depth`` ahead of the steps, already sent to their devices.
+
+    Each batch travels with the data iterator's state *after* it (``get_state()`` when
+    it was taken), so a checkpoint records the batches the steps consumed, not the ones
+    waiting here: a resumed run goes on with the first batch still queued. Only the run's
+    ``remaining`` batches are taken; ``depth=0`` takes each when its step needs it. The
+    steps' own thread does it all (grain's threads read ahead on the host).
+    """
+
+    def __init__(self, it, sharding, depth: int, remaining: int):
+        self._it, self._sharding, self._depth, self._left = it, sharding, depth, remaining
+        self._queue = collections.deque()
+        self.fill()
+
+    def _take(self) -> None:
+        local = next(self._it)
+        self._queue.append((_global_batch(local, self._sharding), self._it.get_state()))
+        self._left -= 1
+
+    def fill(self) -> None:
+        while len(self._queue) < self._depth and self._left > 0:
+            self._take()
+
+    def pop(self) -> tuple[dict, dict]:
+        """The next batch (on its devices) and the data state after it."""
+        if not self._queue:
+            self._take()
+        return self._queue.popleft()
+
+
+_forbidden = threading.local()     # .on: this thread is between log steps, no host reads
+
+
+@contextlib.contextmanager
+def _host_reads_trapped():
+    """Installs the trap that :func:`_no_host_reads` arms (and removes it afterwards)."""
+    cls = type(jnp.zeros(()))          # jax.Array's concrete class, ArrayImpl
+    untrapped = cls.__dict__["_value"]
+
+    def trapped(self):
+        if getattr(_forbidden, "on", False):
+            raise HostSyncError(
+                f"a device value (shape {self.shape}, {self.dtype}) was read on the host "
+                "between log steps (train.forbid_host_sync_between_logs=True); keep it on the "
+                "device until a log, evaluation or checkpoint step")
+        return untrapped.fget(self)
+    cls._value = property(trapped)
+    try:
+        yield
+    finally:
+        cls._value = untrapped
+
+
+@contextlib.contextmanager
+def _no_host_reads():
+    """No host read of a device value in this thread, for the steps between log steps.
+
+    JAX's device-to-host transfer guard catches every transfer on GPU and TPU, but never
+    fires on CPU, where a device buffer is host memory. So the host reads that go through
+    ``jax.Array`` itself (``float``, ``int``, ``bool``, ``format``, ``str``, ``tolist``,
+    ``jax.device_get``: all read ``ArrayImpl._value``) are refused too, on any backend,
+    once :func:`_host_reads_trapped` has installed the trap. Not caught on CPU: numpy's
+    own reads of a CPU array through the buffer protocol (``np.asarray(x)``). Other
+    threads (orbax's background save) are not affected.
+    """
+    _forbidden.on = True
+    try:
+        with jax.transfer_guard_device_to_host("disallow"):
+            yield
+    finally:
+        _forbidden.on = False
+
+
 def evaluate_with_se(eval_fn, params, val_batches, batch_sharding) -> tuple[float, float | None]:
     """The validation loss (token-weighted mean over ``val_batches``) and its standard
     error over sequences (:func:`step.sequence_standard_error`). Every batch is
@@ -151,7 +241,6 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
     check_run_config(config)
     t = config.train
     mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    rules = shd.rules_from_config(config.mesh.get("rules"))
     _validate(config, mesh.shape["data"] * mesh.shape["fsdp"])
     tb_dir = os.path.join(workdir, "tb") if t.get("tensorboard", False) else None
     if tb_dir and not mx.tensorboard_available():
@@ -170,17 +259,17 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
                           process_count=jax.process_count())
     val_batches = data.val_batches(max_batches=config.eval.batches)
 
-    spec = st.model_spec(config.model, t.seed)
-    tx, schedule = optim.make_optimizer(t, length.steps, spec.param_shapes, spec.metadata)
-    state_sh = st.state_shardings(spec, tx, mesh, rules)
-    batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
+    setup = stp.setup(config, length.steps, mesh=mesh)
+    rules, spec, tx, schedule = setup.rules, setup.spec, setup.tx, setup.schedule
+    state_sh, batch_sh = setup.state_sharding, setup.batch_sharding
     distributed.check_batch_layout(batch_sh, t.global_batch, t.seq_len)
     distributed.install_preemption_handler()
     counts = param_counts(spec.param_shapes)
     counts["non_embedding_activated"] = activated_params(config.model)   # < total with MoE
 
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                      max_to_keep=config.checkpoint.max_to_keep)
+                                      max_to_keep=config.checkpoint.max_to_keep,
+                                      async_save=bool(t.get("async_checkpoints", True)))
     writer = mx.MetricsWriter(os.path.join(workdir, "metrics.jsonl"), enabled=is_main,
                               tensorboard_dir=tb_dir)
     train_iter = data.train_iterator()
@@ -248,50 +337,61 @@ def train(config, workdir: str, *, progress: bool | None = None) -> RunResult:
         # where it must: at log, evaluation and checkpoint steps, so steps dispatch
         # asynchronously in between. A non-finite step is never checkpointed.
         seen = (jnp.asarray(-1, jnp.int32), jnp.asarray(0.0, jnp.float32))
+        forbid = bool(t.get("forbid_host_sync_between_logs", False))
+        between_logs = _no_host_reads if forbid else contextlib.nullcontext
+        batches = _Prefetcher(train_iter, batch_sh, int(t.get("prefetch", 2)), length.steps - step)
         try:
-            while step < length.steps:
-                batch = _global_batch(next(train_iter), batch_sh)
-                state, m = train_fns[phase(step + 1)](state, batch)
-                step += 1
-                tokens_interval += length.tokens_per_step
-                seen = _first_non_finite(seen, m["train_loss"], step)
-                is_eval = step in evals
-                preempted = distributed.preemption_requested(step) and step < length.steps
-                log_now = step % t.log_every == 0 or is_eval or step == length.steps
-                save_now = step % t.checkpoint_every == 0 or step == length.steps or preempted
-                if log_now or save_now:
-                    bad_step = int(seen[0])
+            with _host_reads_trapped() if forbid else contextlib.nullcontext():
+                while step < length.steps:
+                    with between_logs():
+                        batch, data_state = batches.pop()
+                        state, m = train_fns[phase(step + 1)](state, batch)
+                        batches.fill()       # the next batch's transfer overlaps this step
+                        step += 1
+                        tokens_interval += length.tokens_per_step
+                        seen = _first_non_finite(seen, m["train_loss"], step)
+                        is_eval = step in evals
+                        preempted = distributed.preemption_requested(step) and step < length.steps
+                        log_now = step % t.log_every == 0 or is_eval or step == length.steps
+                        save_now = step % t.checkpoint_every == 0 or step == length.steps or preempted
+                        if bar is not None:
+                            bar.update(1)
+                    if not (log_now or save_now):
+                        continue
+                    # One fetch: the guard, and at a log step the metrics too.
+                    host = jax.device_get({"seen": seen, **(m if log_now else
+                                                            {"train_loss": m["train_loss"]})})
+                    bad_step, bad_loss = int(host["seen"][0]), float(host["seen"][1])
                     if bad_step >= 0:
-                        raise TrainingDivergedError(
-                            _diverged_message(bad_step, float(seen[1]), t, ckpt))
-                    loss = float(m["train_loss"])
-                if log_now:
-                    elapsed = time.perf_counter() - t_interval
-                    rec = {"step": step, "tokens": step * length.tokens_per_step}
-                    rec.update({f"flops_{c}": v for c, v in length.flops_at(step).items()})
-                    tps = tokens_interval / max(elapsed, 1e-9)
-                    rec.update(train_loss=loss, lr=float(m["lr"]), grad_norm=float(m["grad_norm"]),
-                               tokens_per_s=tps,
-                               mfu=(tps * fpt[phase(step)]["compiled"] / (peak * jax.device_count())
-                                    if peak else None))
-                    rec.update(_router_metrics(m))
-                    if is_eval:
-                        last_val, last_se = evaluate_with_se(eval_fns[phase(step)], state["params"],
-                                                             val_batches, batch_sh)
-                        rec.update(val_loss=last_val, val_loss_se=last_se)
-                    writer.write(rec)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.3f}", val=f"{last_val:.3f}" if last_val else "-")
-                    t_interval, tokens_interval = time.perf_counter(), 0
-                if bar is not None:
-                    bar.update(1)
-                if save_now:
-                    meta = {"step": step, "fingerprint": fingerprint, "tokens": step * length.tokens_per_step,
-                            **{f"flops_{c}": v for c, v in length.flops_at(step).items()}}
-                    ckpt.save(step, state, train_iter.get_state(), meta)
-                if preempted:
-                    ckpt.wait()
-                    raise Preempted(workdir, step)
+                        ckpt.wait()          # the last good checkpoint, whole on disk
+                        raise TrainingDivergedError(_diverged_message(bad_step, bad_loss, t, ckpt))
+                    loss = float(host["train_loss"])
+                    if log_now:
+                        elapsed = time.perf_counter() - t_interval
+                        rec = {"step": step, "tokens": step * length.tokens_per_step}
+                        rec.update({f"flops_{c}": v for c, v in length.flops_at(step).items()})
+                        tps = tokens_interval / max(elapsed, 1e-9)
+                        rec.update(train_loss=loss, lr=float(host["lr"]),
+                                   grad_norm=float(host["grad_norm"]), tokens_per_s=tps,
+                                   mfu=(tps * fpt[phase(step)]["compiled"] / (peak * jax.device_count())
+                                        if peak else None))
+                        rec.update(_router_metrics(host))
+                        if is_eval:
+                            last_val, last_se = evaluate_with_se(eval_fns[phase(step)], state["params"],
+                                                                 val_batches, batch_sh)
+                            rec.update(val_loss=last_val, val_loss_se=last_se)
+                        writer.write(rec)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{loss:.3f}", val=f"{last_val:.3f}" if last_val else "-")
+                        t_interval, tokens_interval = time.perf_counter(), 0
+                    if save_now:
+                        meta = {"step": step, "fingerprint": fingerprint,
+                                "tokens": step * length.tokens_per_step,
+                                **{f"flops_{c}": v for c, v in length.flops_at(step).items()}}
+                        ckpt.save(step, state, data_state, meta)
+                    if preempted:
+                        ckpt.wait()
+                        raise Preempted(workdir, step)
         finally:
             ckpt.wait()
             writer.close()

@@ -19,10 +19,10 @@ import jax.numpy as jnp
 
 from moba_jax import fileio
 
-# Train-config fields that change how a run is logged, not what it computes: left out
-# of the run's fingerprint (so toggling them keeps a run resumable) and of the sweep's.
+# Train-config fields that change how a run is logged or run, not what it computes: left
+# out of the run's fingerprint (so toggling them keeps a run resumable) and of the sweep's.
 LOGGING_FIELDS = ("log_every", "checkpoint_every", "progress", "peak_flops_per_device",
-                  "tensorboard")
+                  "tensorboard", "prefetch", "async_checkpoints", "forbid_host_sync_between_logs")
 
 # Dense peak FLOP/s per device (bf16 matmul) by device_kind prefix. MFU (compiled
 # FLOPs per second over the peak) uses it, ``train.peak_flops_per_device`` when given,

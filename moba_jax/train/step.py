@@ -8,15 +8,20 @@ step by the whole batch's expert loads, and reports them as ``moe_*`` metrics
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from moba_jax import sharding as shd
 from moba_jax.moe import stats as moe_stats
+from moba_jax.train import optim, state as st
 
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "positions")
@@ -98,6 +103,33 @@ def eval_step(params, batch, *, spec):
     losses, mask = token_losses(spec, params, batch)
     return (jnp.sum(losses * mask), jnp.sum(mask),
             jnp.sum(losses * mask, axis=1), jnp.sum(mask, axis=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+    """What the jitted steps of a run config are built from: its mesh and sharding rules,
+    model spec, optimizer and learning-rate schedule, and the state's and batch's shardings."""
+    mesh: Mesh
+    rules: Any
+    spec: Any
+    tx: optax.GradientTransformation
+    schedule: Callable
+    state_sharding: Any
+    batch_sharding: NamedSharding
+
+
+def setup(config, total_steps: int, *, mesh: Mesh | None = None) -> StepSetup:
+    """The :class:`StepSetup` of ``config`` (a run config: model, train, mesh) for a run of
+    ``total_steps`` optimizer steps (the schedule's length), on ``mesh`` (default: the one
+    ``config.mesh`` describes). The trainer and :mod:`moba_jax.train.throughput` share it."""
+    t = config.train
+    if mesh is None:
+        mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = shd.rules_from_config(config.mesh.get("rules"))
+    spec = st.model_spec(config.model, t.seed)
+    tx, schedule = optim.make_optimizer(t, total_steps, spec.param_shapes, spec.metadata)
+    return StepSetup(mesh, rules, spec, tx, schedule, st.state_shardings(spec, tx, mesh, rules),
+                     NamedSharding(mesh, P(("data", "fsdp"), None)))
 
 
 def jit_train_step(spec, tx, schedule, grad_accum, state_sharding, batch_sharding):

@@ -1,6 +1,7 @@
 """Training throughput of a run config: tokens per second and MFU of its train step.
 
-The same jitted step the trainer runs (:func:`moba_jax.train.step.jit_train_step`),
+The same jitted step the trainer runs (:func:`moba_jax.train.step.jit_train_step`, set up
+by the trainer's :func:`moba_jax.train.step.setup`),
 on synthetic batches of the run's shape (throughput does not depend on the token
 values), timed step by step with a device sync after each, after ``warmup`` steps
 that absorb compilation. MFU is compiled FLOPs per second (the convention that
@@ -16,12 +17,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from moba_jax import accounting
 from moba_jax import sharding as shd
 from moba_jax.train import metrics as mx
-from moba_jax.train import optim
 from moba_jax.train import state as st
 from moba_jax.train import step as stp
 
@@ -54,18 +53,13 @@ def synthetic_batch(global_batch: int, seq_len: int, sharding) -> dict:
 def measure(config, *, steps: int = 10, warmup: int = 2) -> Throughput:
     """Times ``steps`` train steps of ``config`` (a run config: model, train, mesh)."""
     t = config.train
-    mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    rules = shd.rules_from_config(config.mesh.get("rules"))
-    spec = st.model_spec(config.model, t.seed)
-    tx, schedule = optim.make_optimizer(t, max(steps + warmup, 2), spec.param_shapes,
-                                        spec.metadata)
-    state_sh = st.state_shardings(spec, tx, mesh, rules)
-    batch_sh = NamedSharding(mesh, P(("data", "fsdp"), None))
+    s = stp.setup(config, max(steps + warmup, 2))
     peak, source = mx.peak_flops_per_device(t.get("peak_flops_per_device", 0.0))
-    with shd.activation_sharding(mesh, rules):
-        state = st.create_state(config.model, tx, t.seed, state_sh)
-        fn = stp.jit_train_step(spec, tx, schedule, t.grad_accum, state_sh, batch_sh)
-        batch = synthetic_batch(t.global_batch, t.seq_len, batch_sh)
+    with shd.activation_sharding(s.mesh, s.rules):
+        state = st.create_state(config.model, s.tx, t.seed, s.state_sharding)
+        fn = stp.jit_train_step(s.spec, s.tx, s.schedule, t.grad_accum, s.state_sharding,
+                                s.batch_sharding)
+        batch = synthetic_batch(t.global_batch, t.seq_len, s.batch_sharding)
         t0 = time.perf_counter()
         for i in range(max(warmup, 1)):
             state, m = fn(state, batch)
