@@ -1,7 +1,7 @@
 """GPU correctness: Pallas kernels vs reference/xla, f32 and bf16, head_dim 64 and 128."""
 import time, traceback
 import jax, jax.numpy as jnp, numpy as np
-from kernels import bench
+from kernels import bench, bench_kda
 from kernels.moba import moba_attention, BlockSizes
 
 print("jax", jax.__version__, jax.devices(), flush=True)
@@ -39,7 +39,7 @@ for args in [(1, 2048, 4, 2, 64, 256, 3, jnp.float32, "reference"),
         print("[moba] FAILED", args); traceback.print_exc()
 
 t0 = time.time()
-bench.kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (2, 1000, 4, 64, "float32"),
+bench_kda.kda_gpu_check(sizes=((1, 256, 2, 64, "float32"), (2, 1000, 4, 64, "float32"),
                            (1, 256, 2, 128, "float32"), (2, 1000, 4, 128, "float32"),
                            (1, 4096, 8, 128, "bfloat16")), seq_lens=())
 print(f"   kda checks ({time.time() - t0:.1f} s)", flush=True)

@@ -54,7 +54,7 @@ speed as much as the products do. Hence:
   size-1 batch axis between the others made XLA:CPU copy every product's output).
 
 At T=4K, 4 heads of 128, these took forward+backward from about 150 ms to about
-120 ms on a 2-core CPU (``kernels.bench.kda_run``), and the temp pages touched per
+120 ms on a 2-core CPU (``kernels.bench_kda.kda_run``), and the temp pages touched per
 call from 213 to 99 MB.
 
 Padding. ``T`` that is not a multiple of ``C`` is padded at the end with ``g = 0``,
