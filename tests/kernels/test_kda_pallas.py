@@ -13,6 +13,7 @@ from jax import export
 from kernels.kda import kda
 from kernels.kda import pallas as kda_pallas_mod
 from kernels.kda.pallas import kda_pallas
+from kernels.lowering import target_context
 from tests.kernels.kda_helpers import assert_close, make_inputs, rel_rms, value_and_grads
 
 KERNELS = {"tpu": ("kda_intra_fwd", "kda_state_fwd_tpu", "kda_state_bwd_tpu", "kda_intra_bwd"),
@@ -131,11 +132,12 @@ def _lower(variant, platform, dtype, K=64, V=64):
       return jnp.sum(o.astype(jnp.float32)) + jnp.sum(s)
     return jax.value_and_grad(loss, argnums=tuple(range(6)))(*a)
 
-  exported = export.export(
-      jax.jit(fwd_bwd), platforms=[platform],
-      disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
-  )(*args)
-  return exported.mlir_module()
+  with target_context(platform):  # an abstract GPU to lower for (jax 0.11 asks for one)
+    exported = export.export(
+        jax.jit(fwd_bwd), platforms=[platform],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(*args)
+    return exported.mlir_module()
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
