@@ -6,7 +6,11 @@ one CPU device, and its per-step train loss and gradient norm are compared with
 values stored below (relative tolerance 1e-6).
 
 The stored values were recorded on commit 8be07e7 (before the architecture
-refactor of issue 13) with jax 0.10.2 on the 2-core CPU machine. A refactor must
+refactor of issue 13) with jax 0.10.2 on Python 3.11 on the 2-core CPU machine. The
+embedded corpus is the running interpreter's standard library, so on another Python
+the data differ and the test is skipped (on one shared corpus, jax 0.11.2 with
+flax 0.12.12 on Python 3.12 gave full attention's three steps bit for bit and Kimi
+Linear's within 3e-6). A refactor must
 leave them unchanged. Update them only for a change that is *meant* to alter the
 numbers (a new initialisation, a different data order, a kernel whose rounding
 differs), say so in the commit message, and record them by running this file
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -69,6 +74,8 @@ def golden_config(arm: str):
     return c
 
 
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11),
+                    reason="golden values are for Python 3.11's standard library (the corpus)")
 @pytest.mark.parametrize("arm", list(ARMS))
 def test_three_steps_match_golden(arm, tmp_path):
     from moba_jax.train.loop import train
