@@ -128,7 +128,7 @@ def test_decoding_parity(pattern, prefill):
     spec = model_spec(cfg)
     params = init_params(cfg, 0)
     tokens = jax.random.randint(jax.random.key(0), (2, 23), 0, 259)
-    full = spec.apply(params, tokens)
+    full = jax.jit(spec.apply)(params, tokens)
     inc = incremental_logits(spec, params, tokens, prefill=prefill)
     np.testing.assert_allclose(inc, full, rtol=1e-5, atol=2e-5)
     # The window matters: a full-attention model with the same parameters differs.

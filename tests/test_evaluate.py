@@ -97,7 +97,7 @@ def test_decoding_parity(pattern, opts, atol, prefill):
     spec = model_spec(cfg)
     params = init_params(cfg, 0)
     tokens = jax.random.randint(jax.random.key(0), (2, 29), 0, 259)
-    full = spec.apply(params, tokens)
+    full = jax.jit(spec.apply)(params, tokens)
     inc = incremental_logits(spec, params, tokens, prefill=prefill)
     np.testing.assert_allclose(inc, full, rtol=1e-5, atol=atol)
 

@@ -24,6 +24,10 @@ def kda_cfg(impl="xla", chunk_size=16, **kw):
     return cfg
 
 
+# slow (~15 s on the 2-core CPU, compiling the layer's gradient): KDA causality across a
+# chunk boundary with the last chunk padded is covered in CI by
+# test_hybrid_model_is_causal[kda,mla] below (T = 20, chunks of 16).
+@pytest.mark.slow
 def test_kda_layer_is_causal():
     """T = 40 with chunks of 16: three chunks, the last one padded."""
     layer = KDAttention(kda_cfg(), 0, rngs=nnx.Rngs(0))
@@ -107,6 +111,9 @@ def test_hybrid_model_is_causal(pattern):
         assert np.all(per_pos[: t + 1] > 0.0), f"position {t} ignores its past: {per_pos}"
 
 
+# slow (~15 s on the 2-core CPU): training the kda,kda,kda,mla hybrid is covered in CI by
+# tests/test_golden.py::test_three_steps_match_golden[kimi_linear] (its stored losses fall).
+@pytest.mark.slow
 def test_kimi_linear_model_trains():
     """A 4-layer kda,kda,kda,mla model fits a fixed batch: the loss falls."""
     cfg = kda_cfg(n_layers=4, attention_pattern="kda,kda,kda,mla")

@@ -55,7 +55,7 @@ def test_blocked_implementation_matches_xla_in_the_model():
     def logits_and_grad(impl):
         model = TransformerLM(moba_cfg(block_size=8, top_k=3, impl=impl), rngs=nnx.Rngs(3))
         loss = lambda m: jnp.mean(m(tokens) ** 2)
-        return forward(model, tokens), nnx.grad(loss)(model)
+        return forward(model, tokens), nnx.jit(nnx.grad(loss))(model)
     (a, ga), (b, gb) = logits_and_grad("xla"), logits_and_grad("blocked")
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
@@ -72,7 +72,8 @@ def test_exact_moba_pairs_match_selection_mask(T, bs, k):
     """The exact FLOP count's keys per query equal the pairs of the reference mask."""
     q = jax.random.normal(jax.random.key(0), (1, T, 2, 8))
     kk = jax.random.normal(jax.random.key(1), (1, T, 1, 8))
-    blocks = np.asarray(selected_block_mask(q, kk, block_size=bs, top_k=k))[0]   # [T, H, N]
+    mask = jax.jit(selected_block_mask, static_argnames=("block_size", "top_k"))
+    blocks = np.asarray(mask(q, kk, block_size=bs, top_k=k))[0]                  # [T, H, N]
     allowed = blocks[:, :, np.arange(T) // bs]                                  # [T, H, S]
     allowed &= np.tril(np.ones((T, T), bool))[:, None, :]
     pairs = allowed.sum() / blocks.shape[1]                                     # per head

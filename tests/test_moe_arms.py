@@ -39,6 +39,11 @@ def check_router_metrics(run_dir, n_moe_layers, n_experts):
     assert os.path.exists(os.path.join(run_dir, "result.json"))
 
 
+# slow (~70 s on the busy 2-core CPU: a two-size sweep through the CLI): MoE training through
+# the CLI with router statistics in metrics.jsonl is covered in CI by
+# tests/test_moe_mesh.py::test_experts_sharded_over_2_of_4_devices_match_1_device, the
+# arms' plan by test_moe_arms_are_defined_but_not_default above.
+@pytest.mark.slow
 def test_full_moe_tiny_sweep_trains_with_router_statistics(tmp_path):
     run_cli("experiments.sweep", "--config=configs/scaling.py:tiny", f"--workdir={tmp_path}",
             "--config.arms=full_moe", check=True)
@@ -48,7 +53,8 @@ def test_full_moe_tiny_sweep_trains_with_router_statistics(tmp_path):
 
 
 # slow (~2 min on the 2-core CPU, mostly compiling three KDA layers): the same training
-# path (MoE layers, router statistics, the sweep) is covered by the full_moe tiny sweep above.
+# path (MoE layers, router statistics) is covered in CI by tests/test_moe_mesh.py's
+# 4-device vs 1-device training, the sweep by the full_moe tiny sweep above (also slow).
 @pytest.mark.slow
 def test_kimi_linear_moe_trains_end_to_end(tmp_path):
     run_cli("experiments.sweep", "--config=configs/scaling.py", f"--workdir={tmp_path}",

@@ -88,8 +88,14 @@ def _rel_err(actual, expected):
 CASES = [(64, 16, 1), (64, 16, 2), (70, 16, 3), (50, 16, 8), (10, 16, 2)]
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("hkv", [4, 2, 1])
+# bfloat16 adds rounding, not paths: CI runs it with GQA (hkv=2) on every case; bfloat16
+# with hkv=4 and hkv=1 is marked slow (the same head layouts run in float32 in CI).
+HKV_DTYPES = [pytest.param(h, d, id=f"{h}-{name}",
+                           marks=pytest.mark.slow if name == "bf16" and h != 2 else ())
+              for h in (4, 2, 1) for d, name in ((jnp.float32, "f32"), (jnp.bfloat16, "bf16"))]
+
+
+@pytest.mark.parametrize("hkv,dtype", HKV_DTYPES)
 @pytest.mark.parametrize("t,block_size,top_k", CASES)
 def test_reference_matches_numpy_loop(t, block_size, top_k, hkv, dtype):
     q, k, v = _inputs(1, 2, t, 8, hkv, 16, dtype)
