@@ -129,8 +129,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.check_heads = 4
         c.training = _training(variant)
     elif variant == "smoke":
-        # Every step of the gpu run on tiny shapes; KDA's xla path runs once (its CPU
-        # compile takes ~10 s per call).
+        # Every step of the gpu run on tiny shapes; KDA runs once, as the token recurrence
+        # (the chunked xla path's CPU compile takes ~10 s per call).
         c.head_counts = (1, 2)
         c.head_dim = 32
         c.block_size = 32
@@ -140,7 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                        num_warps=4, num_stages=2))
         c.seq_lens = (128, 256)
         c.implementations = ml_collections.ConfigDict(
-            {"dense_xla": 0, "moba_xla": 0, "moba_routing": 0, "kda_xla": 128})
+            {"dense_xla": 0, "moba_xla": 0, "moba_routing": 0, "kda_reference": 128})
         c.fit_range = (128, 256)
         c.checks = ("moba_xla:moba_reference",)
         c.check_seq_lens = (128,)

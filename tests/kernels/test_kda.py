@@ -46,8 +46,12 @@ def test_default_scale_and_no_state():
   np.testing.assert_allclose(np.asarray(o2), 2 * o_np, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("T,K,V,chunk", [(100, 32, 16, 64), (64, 16, 32, 32)])
+@pytest.mark.parametrize("T,K,V,chunk,dtype", [
+    (100, 32, 16, 64, "float32"),
+    # slow (~7 s): bf16 rounding on the padded shape; CI covers bf16 with
+    # [64-16-32-32-bfloat16] and the padded shape with [100-32-16-64-float32].
+    pytest.param(100, 32, 16, 64, "bfloat16", marks=pytest.mark.slow),
+    (64, 16, 32, 32, "float32"), (64, 16, 32, 32, "bfloat16")])
 def test_xla_matches_reference(dtype, T, K, V, chunk):
   args, weights = make_inputs(B=2, T=T, H=2, K=K, V=V, dtype=dtype)
   got = value_and_grads(_impl("xla", chunk_size=chunk), args, weights)

@@ -51,7 +51,7 @@ def test_smoke_benchmark_runs_the_gpu_code_path(tmp_path):
     expected = {(i, m, h, t) for h in (1, 2) for t in (128, 256)
                 for i in ("dense_xla", "moba_xla") for m in bench.MODES}
     expected |= {("moba_routing", "fwd", h, t) for h in (1, 2) for t in (128, 256)}
-    expected |= {("kda_xla", m, 1, 128) for m in bench.MODES}
+    expected |= {("kda_reference", m, 1, 128) for m in bench.MODES}
     assert ok == expected
     assert {(c["impl"], c["tensor"]) for c in summary["checks"]} == {
         ("moba_xla", t) for t in ("out", "dq", "dk", "dv")}
