@@ -97,9 +97,8 @@ def needed_flops(name: str, mode: str, cfg, heads: int | None = None) -> Callabl
 
 
 def _head_counts(cfg) -> tuple[int, ...]:
-    """The head counts every length is timed at (``num_heads`` in older configs)."""
-    counts = cfg.get("head_counts") or (cfg.get("num_heads", 1),)
-    return tuple(int(h) for h in counts)
+    """The head counts every length is timed at."""
+    return tuple(int(h) for h in cfg.head_counts)
 
 
 def modes_for(name: str) -> tuple[str, ...]:
@@ -235,20 +234,15 @@ def speedups(results, cfg) -> list[dict]:
 
 
 def _check_pairs(cfg) -> list[tuple[str, str]]:
-    """``(impl, against)`` pairs from ``cfg.checks`` ("impl:against"), or the older
-    single ``cfg.check``."""
-    if cfg.get("checks") is not None and "check_seq_lens" in cfg:
-        pairs = []
-        for item in cfg.checks:
-            impl, sep, against = str(item).partition(":")
-            if not sep or not impl or not against:
-                raise ValueError(f"checks: {item!r} must read 'impl:against', e.g. "
-                                 "'moba_pallas:moba_xla'")
-            pairs.append((impl, against))
-        return pairs
-    if cfg.get("check") and cfg.check.seq_lens:
-        return [(cfg.check.impl, cfg.check.against)]
-    return []
+    """``(impl, against)`` pairs from ``cfg.checks`` ("impl:against")."""
+    pairs = []
+    for item in cfg.checks:
+        impl, sep, against = str(item).partition(":")
+        if not sep or not impl or not against:
+            raise ValueError(f"checks: {item!r} must read 'impl:against', e.g. "
+                             "'moba_pallas:moba_xla'")
+        pairs.append((impl, against))
+    return pairs
 
 
 def check_against(cfg, log) -> list[dict]:
@@ -256,10 +250,7 @@ def check_against(cfg, log) -> list[dict]:
     (output and the gradients of q, k, v), at ``check_seq_lens`` with ``check_heads``."""
     checks = []
     pairs = _check_pairs(cfg)
-    if "check_seq_lens" in cfg:
-        lens, heads = tuple(cfg.check_seq_lens), int(cfg.get("check_heads", 1))
-    else:
-        lens, heads = (tuple(cfg.check.seq_lens) if cfg.get("check") else ()), None
+    lens, heads = tuple(cfg.check_seq_lens), int(cfg.check_heads)
     for impl, against in pairs:
         for t in lens:
             args = make_inputs(t, cfg, seed=1, heads=heads)
