@@ -128,6 +128,16 @@ def check_tiles(K: int, V: int, chunk_size: int, variant: str):
                          "[16, 128] (default 64).")
 
 
+def unsupported_reason(K: int, V: int, chunk_size: int, variant: str | None = None) -> str | None:
+    """Why the ``variant`` kernels (default: the backend's) cannot take these tiles
+    (the message :func:`check_tiles` raises), or ``None``."""
+    try:
+        check_tiles(K, V, chunk_size, variant or default_variant())
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
 def _kda_core(q, k, v, G, beta, decay, s0, scale, C, variant, block_sizes, interpret):
     return _core_fwd(q, k, v, G, beta, decay, s0, scale, C, variant, block_sizes,

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from kernels.kda import IMPLEMENTATIONS, kda, l2_normalize
+from kernels.kda import pallas as kda_pallas
 from kernels.kda.cost import chunk_backward_flops, chunk_flops
 from moba_jax import elementwise as ew
 from moba_jax import layers
@@ -184,17 +185,6 @@ def kda_uncounted_by_xla(cfg, seq_len: int, train: bool = False) -> float:
     return cfg.n_heads * (n - 1) * body / seq_len
 
 
-def _pallas_unsupported(head_dim: int, chunk_size: int) -> str | None:
-    """Why the backend's KDA Pallas kernels cannot take this head dim and chunk
-    (``kernels.kda.pallas.check_tiles``), or ``None``."""
-    from kernels.kda import pallas as kda_pallas
-    try:
-        kda_pallas.check_tiles(head_dim, head_dim, chunk_size, kda_pallas.default_variant())
-    except ValueError as e:
-        return str(e)
-    return None
-
-
 @register_attention("kda")
 class KDAttention(nnx.Module):
     """Kimi Delta Attention layer (see the module docstring)."""
@@ -260,7 +250,8 @@ class KDAttention(nnx.Module):
         KDAttention.check_options(cfg)
         self.implementation = fallback.resolve(
             "model.attention.kda.implementation", str(opts.implementation),
-            _pallas_unsupported(hd, self.chunk_size) if opts.implementation == "pallas" else None)
+            kda_pallas.unsupported_reason(hd, hd, self.chunk_size)
+            if opts.implementation == "pallas" else None)
         dtype = jnp.dtype(cfg.dtype)
         kw = dict(rngs=rngs, dtype=dtype)
         heads = ("q_heads", "head_dim")
