@@ -208,10 +208,10 @@ def fit_exponent(lens, times) -> float:
     return float(slope)
 
 
-def _lookup(results, name, mode, t, heads=None):
+def _lookup(results, name, mode, t, heads):
     for r in results:
         if ((r["impl"], r["mode"], r["seq_len"]) == (name, mode, t)
-                and r.get("heads") == heads and r.get("time_s")):
+                and r["heads"] == heads and r.get("time_s")):
             return r["time_s"]
     return None
 
@@ -224,12 +224,12 @@ def speedups(results, cfg) -> list[dict]:
         if (not r["impl"].startswith(("moba", "kda")) or r["impl"] == ROUTING
                 or not r.get("time_s")):
             continue
-        base = [(_lookup(results, d, r["mode"], r["seq_len"], r.get("heads")), d) for d in dense]
+        base = [(_lookup(results, d, r["mode"], r["seq_len"], r["heads"]), d) for d in dense]
         base = [(t, d) for t, d in base if t]
         if base:
             t_dense, d = min(base)
             out.append(dict(impl=r["impl"], mode=r["mode"], seq_len=r["seq_len"],
-                            heads=r.get("heads"), baseline=d, speedup=t_dense / r["time_s"]))
+                            heads=r["heads"], baseline=d, speedup=t_dense / r["time_s"]))
     return out
 
 

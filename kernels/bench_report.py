@@ -11,7 +11,7 @@ def plot(results, path: str, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    heads = sorted({r.get("heads") or 1 for r in results})
+    heads = sorted({r["heads"] for r in results})
     fig, axes = plt.subplots(1, len(heads), figsize=(7 * len(heads), 5), squeeze=False)
     names = sorted({r["impl"] for r in results})
     for ax, h in zip(axes[0], heads):
@@ -19,7 +19,7 @@ def plot(results, path: str, title: str) -> None:
             for mode, style in (("fwd", "-"), ("fwd_bwd", "--")):
                 pts = sorted((r["seq_len"], r["time_s"]) for r in results
                              if r["impl"] == name and r["mode"] == mode and r.get("time_s")
-                             and (r.get("heads") or 1) == h)
+                             and r["heads"] == h)
                 if pts:
                     ax.loglog(*zip(*pts), style, marker="o", color=f"C{i}",
                               label=f"{name} {mode}")
@@ -38,17 +38,17 @@ def table(summary: dict) -> str:
     path's speedup over the fastest dense one in brackets; ``moba_routing`` is forward."""
     results = summary["results"]
     impls = list(dict.fromkeys(r["impl"] for r in results))
-    ups = {(u["impl"], u["mode"], u["seq_len"], u.get("heads")): u["speedup"]
+    ups = {(u["impl"], u["mode"], u["seq_len"], u["heads"]): u["speedup"]
            for u in summary.get("speedups", [])}
     head = f"{'H':>3} {'T':>7} " + "".join(f"{n:>22}" for n in impls)
     lines = ["forward+backward ms (speedup vs dense); moba_routing: forward ms", head,
              "-" * len(head)]
-    for h, t in dict.fromkeys((r.get("heads"), r["seq_len"]) for r in results):
+    for h, t in dict.fromkeys((r["heads"], r["seq_len"]) for r in results):
         cells = []
         for n in impls:
             mode = "fwd" if n == ROUTING else "fwd_bwd"
             rec = next((r for r in results if (r["impl"], r["mode"], r["seq_len"],
-                                                r.get("heads")) == (n, mode, t, h)), None)
+                                                r["heads"]) == (n, mode, t, h)), None)
             if rec is None:
                 cells.append(f"{'':>22}")
             elif not rec.get("time_s"):
@@ -57,5 +57,5 @@ def table(summary: dict) -> str:
                 up = ups.get((n, mode, t, h))
                 txt = f"{rec['time_s'] * 1e3:.2f}" + (f" ({up:.2f}x)" if up else "")
                 cells.append(f"{txt:>22}")
-        lines.append(f"{h or 1:>3} {t:>7} " + "".join(cells))
+        lines.append(f"{h:>3} {t:>7} " + "".join(cells))
     return "\n".join(lines)

@@ -69,7 +69,6 @@ def _orbax_traceback(record: logging.LogRecord) -> bool:
 class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
         self.directory = os.path.abspath(directory)
-        self.async_save = async_save
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
