@@ -2,17 +2,17 @@
 
 Install for development and tests with::
 
-    pip install -e ".[dev]"
+    bash install.sh        # a .venv with Python 3.12 and these pins, or: pip install -e ".[dev]"
 
-The pins below are one set verified together on Python 3.11 / CPU (jax 0.10.2).
-The code also runs on jax 0.11 (the GPU machines' preinstalled stack).
+The pins below are one set verified together on Python 3.12 with jax 0.11.2 on CPU; jax,
+flax, optax and orbax-checkpoint are the versions the project's H200 machines run.
 """
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
+    "jax==0.11.2",
+    "jaxlib==0.11.2",
+    "flax==0.12.10",
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "grain==0.2.18",
@@ -52,7 +52,7 @@ setup(
         "JAX research codebase for efficient attention at scale: MoBA, Kimi Delta "
         "Attention, Pallas kernels, sharded trainers and scaling-law analysis."
     ),
-    python_requires=">=3.11",
+    python_requires=">=3.12",
     packages=find_packages(include=["moba_jax*", "kernels*", "experiments*", "configs*", "analysis*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

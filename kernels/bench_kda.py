@@ -2,8 +2,8 @@
 of the Pallas GPU kernels against the xla path (the attention benchmark with configs is
 ``kernels/bench.py``)::
 
-    python3 -c "from kernels import bench_kda as b; b.kda_print_rows(b.kda_run([1024, 2048, 4096]))"
-    python3 -c "from kernels import bench_kda as b; b.kda_gpu_check()"      # on a GPU host
+    python -c "from kernels import bench_kda as b; b.kda_print_rows(b.kda_run([1024, 2048, 4096]))"
+    python -c "from kernels import bench_kda as b; b.kda_gpu_check()"      # on a GPU host
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def lower_for(fn: Callable[..., Any], args: Sequence[Any], platform: str) -> str
     """StableHLO text of ``jax.jit(fn)(*args)`` lowered for ``platform``; raises on failure.
 
     For ``"cuda"``/``"rocm"`` on a machine without a GPU the lowering targets an abstract
-    :data:`ABSTRACT_GPU` (jax 0.11 needs one; jax 0.10 lowers Triton kernels without).
+    :data:`ABSTRACT_GPU` (jax 0.11 needs a target GPU to lower Triton kernels for).
     """
     with target_context(platform):
         traced = jax.jit(fn).trace(*args)

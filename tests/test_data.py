@@ -1,6 +1,6 @@
 """Tests of moba_jax.data: tokenizer, packing, splits, order, resume, sources, errors, cache.
 
-Run: ``python3 -m pytest tests/test_data.py -q`` (a few seconds, CPU only).
+Run: ``python -m pytest tests/test_data.py -q`` (a few seconds, CPU only).
 """
 from __future__ import annotations
 
