@@ -3,8 +3,9 @@
 The same jitted step the trainer runs (:func:`moba_jax.train.step.jit_train_step`, set up
 by the trainer's :func:`moba_jax.train.step.setup`),
 on synthetic batches of the run's shape (throughput does not depend on the token
-values), timed step by step with a device sync after each, after ``warmup`` steps
-that absorb compilation. MFU is compiled FLOPs per second (the convention that
+values), compiled ahead of time (``compile_s``: tracing, lowering and XLA compilation,
+no step run), then timed step by step with a device sync after each, after ``warmup``
+untimed steps. MFU is compiled FLOPs per second (the convention that
 counts what the program computes, ``moba_jax/accounting.py``) over the peak of
 :func:`moba_jax.train.metrics.peak_flops_per_device` times the device count; on a
 CPU that peak is a float32 matmul measured in the same process.
@@ -33,7 +34,7 @@ class Throughput:
     mfu: float | None
     peak_flops_per_device: float | None
     peak_source: str
-    compile_s: float            # first call (compilation + one step)
+    compile_s: float            # trace + lower + compile, ahead of time (no step run)
     n_params_nonembed: int
     tokens_per_step: int
 
@@ -61,10 +62,11 @@ def measure(config, *, steps: int = 10, warmup: int = 2) -> Throughput:
                                 s.batch_sharding)
         batch = synthetic_batch(t.global_batch, t.seq_len, s.batch_sharding)
         t0 = time.perf_counter()
-        for i in range(max(warmup, 1)):
+        fn = fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(warmup):
             state, m = fn(state, batch)
             jax.block_until_ready(m)
-            compile_s = time.perf_counter() - t0 if i == 0 else compile_s
         times = []
         for _ in range(steps):
             t0 = time.perf_counter()

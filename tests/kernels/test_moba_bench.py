@@ -26,19 +26,16 @@ def test_flops_golden():
 
 
 def test_bad_variant_names_the_choices():
-    with pytest.raises(ValueError, match="use cpu \\(default\\), gpu or smoke"):
+    with pytest.raises(ValueError, match="use cpu \\(default\\) or smoke"):
         bench_attention.get_config("tpu")
 
 
-def test_smoke_benchmark_runs_the_gpu_code_path(tmp_path):
+def test_smoke_benchmark_end_to_end(tmp_path):
     """``configs/bench_attention.py:smoke`` end to end on CPU: checks, every head count,
-    the routing row, the table, bench.json/png and the training section."""
-    from experiments import benchmark
-
+    the routing row, the table, bench.json/png."""
     cfg = bench_attention.get_config("smoke")
     lines = []
     summary = bench.run(cfg, str(tmp_path), log=lines.append)
-    summary["training"] = benchmark.training_section(cfg.training, log=lines.append)
 
     assert os.path.getsize(tmp_path / "bench.png") > 0
     with open(tmp_path / "bench.json") as f:
@@ -61,8 +58,6 @@ def test_smoke_benchmark_runs_the_gpu_code_path(tmp_path):
     # The table has one row per (heads, T) and a cell per implementation.
     table = bench.table(summary).splitlines()
     assert len(table) == 3 + 4 and "moba_routing" in table[1]
-    assert [r["arm"] for r in summary["training"]] == ["full", "moba"]
-    assert all(r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1 for r in summary["training"])
 
 
 def test_failing_implementation_is_recorded_not_fatal(tmp_path):
@@ -77,29 +72,8 @@ def test_failing_implementation_is_recorded_not_fatal(tmp_path):
     assert "failed" in bench.table(summary)
 
 
-def test_bad_check_and_arm_names_say_the_fix():
-    from experiments import benchmark
-
+def test_bad_check_name_says_the_fix():
     cfg = bench_attention.get_config("smoke")
     cfg.checks = ("moba_xla",)
     with pytest.raises(ValueError, match="must read 'impl:against'"):
         bench.check_against(cfg, print)
-    t = bench_attention.get_config("smoke").training
-    t.arms = "full,linear"
-    with pytest.raises(ValueError, match="training.arms: unknown linear; choose from"):
-        benchmark.training_configs(t)
-
-
-def test_gpu_config_covers_the_issue_rows():
-    cfg = bench_attention.get_config("gpu")
-    assert tuple(cfg.head_counts) == (1, 16) and cfg.head_dim == 128
-    assert cfg.dtype == "bfloat16"
-    assert {"dense_cudnn", "moba_pallas", "kda_pallas", "kda_xla"} <= set(cfg.implementations)
-    assert cfg.seq_lens[0] == 4096 and cfg.seq_lens[-1] == 131072
-    assert cfg.training.seq_len == 4096
-    from experiments import benchmark
-    from moba_jax.accounting import non_embedding_params
-    arms = dict(benchmark.training_configs(cfg.training))
-    assert set(arms) == {"full", "moba", "kimi_linear"}
-    # "~150M parameters": the full-attention arm's non-embedding count.
-    assert 140e6 < non_embedding_params(arms["full"].model) < 160e6
