@@ -102,6 +102,9 @@ def run_job(job: plan.Job, out: str, limit: float, cpus, logfile) -> dict:
         os.killpg(proc.pid, 9)
         proc.wait()
         status = f"killed at its {limit:.0f} s limit"
+    except BaseException:          # Ctrl-C or SIGTERM: no job outlives the run
+        os.killpg(proc.pid, 9)
+        raise
     reader.join(timeout=5)
     rec = dict(section=job.section, kind="job", job=job.key, limit_s=round(limit, 1),
                seconds=round(time.time() - start, 1), status=status)
@@ -132,18 +135,23 @@ def main(argv):
     suite_proc = suite.start(cfg, out, REPO) if "suite" in sections else None
     cpus = suite.job_cpus(cfg) if suite_proc else None
     todo = plan.jobs(cfg, sections)
-    with open(os.path.join(out, "device_check.log"), "a") as logfile:
-        for i, job in enumerate(todo):
-            left = end - float(cfg.reserve_s) - time.time()
-            limit = plan.time_limit(todo[i:], left)
-            if limit < 5:
-                records.append(out, dict(section=job.section, kind="job", job=job.key,
-                                         status="not run: the budget was spent", limit_s=0))
-                continue
-            run_job(job, out, limit, cpus, logfile)
-    if suite_proc:
-        r = suite.finish(suite_proc, out, end - 2, started)
-        print(f"--- suite: {r['status']}: {r['summary']}", flush=True)
+    try:
+        with open(os.path.join(out, "device_check.log"), "a") as logfile:
+            for i, job in enumerate(todo):
+                left = end - float(cfg.reserve_s) - time.time()
+                limit = plan.time_limit(todo[i:], left)
+                if limit < 5:
+                    records.append(out, dict(section=job.section, kind="job", job=job.key,
+                                             status="not run: the budget was spent",
+                                             limit_s=0))
+                    continue
+                run_job(job, out, limit, cpus, logfile)
+        if suite_proc:
+            r = suite.finish(suite_proc, out, end - 2, started)
+            print(f"--- suite: {r['status']}: {r['summary']}", flush=True)
+    finally:
+        if suite_proc and suite_proc.poll() is None:
+            os.killpg(suite_proc.pid, 9)
     text = report.markdown(records.read(out), wall_s=time.time() - started)
     with open(os.path.join(out, report.FILE), "w") as f:
         f.write(text)
