@@ -14,9 +14,9 @@ Implementations (same inputs, same outputs, all differentiable):
   into ``chunked_decay.py``, ``chunked_fwd.py``, ``chunked_bwd.py``); the docstrings
   there explain the chunk algorithm and how decays stay finite.
 * ``"pallas"``: Pallas kernels with a hand-written backward (``pallas.py``; kernels in
-  ``pallas_common.py``, Mosaic ``pallas_tpu.py``, Triton ``pallas_gpu.py``), tiled by
-  ``BlockSizes``; interpret mode by the shared rule of ``kernels/interpret.py`` (on CPU
-  they run interpreted).
+  ``pallas_common.py``, ``pallas_state.py``, Mosaic ``pallas_tpu.py``, Triton
+  ``pallas_gpu.py``), tiled by ``BlockSizes``; interpret mode by the shared rule of
+  ``kernels/interpret.py`` (on CPU they run interpreted).
 
 ``IMPLEMENTATIONS`` names them; ``_PATHS`` maps each name to its function. The cost model
 of the chunked forward is in ``cost.py``.

@@ -1,13 +1,16 @@
-"""Pallas KDA, shared by both backends: the intra-chunk kernels and the state-pass math.
+"""Pallas KDA, shared by both backends: the intra-chunk kernels (the per-chunk math of
+the state pass is in ``pallas_state.py``).
 
-Inputs are in ``[B, H, T, D]`` layout with ``G`` the within-chunk cumulative log-decay
-(computed in XLA by the caller, ``pallas.py``). What is here is backend-neutral; the
-backend files add compiler parameters and the state-pass kernels:
+Inputs are in ``[B, H, T, D]`` layout. The intra-chunk kernels take the per-token
+log-decays ``g``; the state pass takes their in-chunk prefix sums ``G`` (inclusive) and
+suffix sums ``Gs`` (exclusive, ``= G_last - G``), computed in XLA by the caller
+(``pallas.chunk_sums``). What is here is backend-neutral; the backend files add
+compiler parameters and the state-pass kernels:
 
 * ``pallas_tpu.py`` (Mosaic) and ``pallas_gpu.py`` (Triton) call ``intra_fwd`` /
   ``intra_bwd`` with their own compiler parameters;
-* both build their state-pass kernels from ``step_fwd`` / ``step_bwd`` and the output
-  shapes ``fwd_out_shapes`` / ``bwd_out_shapes``.
+* both build their state-pass kernels from ``pallas_state.py`` (``step_fwd`` /
+  ``step_bwd``, output shapes), which uses the float32 products defined here.
 
 Intra-chunk kernels. One grid step handles one chunk of one (batch, head): grid
 ``(B, H, N)``, every step independent ("parallel"). ``block_k`` / ``block_v`` (GPU only;
@@ -28,6 +31,16 @@ Forward (``intra_fwd``), per chunk of ``C`` tokens, everything in float32:
   are filled in order, ``Tinv_a = X_aa (P_a - A_a,<a Tinv_<a)``.
 * outputs ``W = Tinv (beta exp(G) k)``, ``U = Tinv (beta v)`` and ``Aqk``.
 
+Exponents (beyond kda.md's numerical care). Every decay exponent is a sum of
+the ``g`` terms it spans, never a difference of cumulative sums: with strong decays
+``|G|`` reaches hundreds within a chunk, so ``G_i - G_j`` from rounded ``G`` values keeps
+only ``|G| * 6e-8`` absolute accuracy, which is the relative error of every neighbour's
+decay factor, and ``dG`` (made of those neighbour terms once the diagonal cancels) had
+about that relative error. Off-diagonal blocks: ``G_t - G_r`` through the reference row
+in one product of ``g`` with a 0/+-1 matrix (``_anchored``); diagonal blocks: each pair's
+exponent summed term by term (``_pair_decay``); ``exp(G)`` for ``W``: a product with the
+triangle of ones (``_prefix``).
+
 Backward (``intra_bwd``) recomputes the same matrices and, given ``dW, dU, dAqk`` and
 the partial ``dq, dk, dG`` of the state pass, returns ``dq, dk, dv, dG, dbeta``:
 
@@ -35,20 +48,10 @@ the partial ``dq, dk, dG`` of the state pass, returns ``dq, dk, dv, dG, dbeta``:
 
 and the gradients of the decayed score matrices, which are again decayed products
 (``sum_j M_ij y_j exp(G_i - G_j)`` and its transpose) evaluated with the same
-reference-row factorisation.
-
-State pass, per (batch, head), the float32 state ``S [K, V]`` carried across chunks:
-
-    forward, chunk n:   Vn = U - W S
-                        O  = (e^G q) S + Aqk Vn
-                        S  = decay[:, None] S + (e^{G_last - G} k)^T Vn
-
-With ``with_states=True`` the forward also writes the state at the *start* of every
-chunk (``h``, ``[B, H, N*K, V]``), which the backward needs. The backward walks the
-chunks in reverse with ``dS`` (the gradient w.r.t. the state at the end of the chunk)
-and emits, per chunk, ``dW, dU, dAqk`` for the intra-chunk backward, the parts of
-``dq, dk, dG`` that come through ``e^G q`` and ``e^{G_last - G} k``, ``ddecay`` and
-finally the gradient of the initial state.
+reference-row factorisation. ``dG`` is the gradient w.r.t. the prefix-type sums (each
+pair ``(i, j)`` adds its term at ``i`` and subtracts it at ``j``); the caller's reverse
+cumulative sum makes it ``dg``. The diagonal of ``Aqk`` (decay 1) is kept out of ``dG``,
+where its terms cancel exactly, instead of being cancelled in rounding.
 """
 from __future__ import annotations
 
@@ -98,25 +101,57 @@ def _block_rows(ref, lo, scale=None):
     return x if scale is None else x * scale
 
 
-def _pair_decay(G_a):
-    """``exp(G_i - G_j)`` on a diagonal block, ``[16, 16, K]``, masked to ``j <= i``."""
+def _prefix(g):
+    """``G = cumsum(g)`` within the chunk (inclusive), ``[C, D]``: one product with the
+    lower triangle of ones, so each entry is a sum of its own ``g`` terms only."""
+    C = g.shape[0]
+    return dot((_iota((C, C), 1) <= _iota((C, C), 0)).astype(_F32), g)
+
+
+def _anchored(g, a, C):
+    """``G_t - G_r`` for every row ``t`` (``r = 16 a``), ``[C, D]``, summed from ``g``:
+    ``sum_{r < s <= t} g_s`` for ``t >= r`` and ``-sum_{t < s <= r} g_s`` for ``t < r``
+    (one product with a 0/+-1 matrix). Never a difference of two cumulative sums: with
+    strong decays ``|G|`` reaches hundreds within a chunk, and ``G_t - G_r`` taken from
+    rounded ``G`` values would keep only ``|G| * 6e-8`` absolute accuracy, i.e. that
+    relative error in every neighbour's decay factor (about 1e-5 at g ~ -6 per step)."""
+    t, s = _iota((C, C), 0), _iota((C, C), 1)
+    r = a * SUB
+    sign = jnp.where((r < s) & (s <= t), 1.0, jnp.where((t < s) & (s <= r), -1.0, 0.0))
+    return dot(sign, g)
+
+
+def _pair_decay(g_ref, lo, cols, width):
+    """``exp(G_i - G_j)`` on the diagonal block of rows ``[lo, lo + 16)``, ``[16, 16, D]``
+    on the key channels ``cols``, for ``j <= i`` (1 above the diagonal).
+
+    The exponent ``sum_{j < s <= i} g_s`` is summed term by term from ``g`` (``s``
+    ascending, so every partial sum lies between 0 and the exponent), not as a
+    difference of cumulative sums: a pair's decay factor then has relative error about
+    ``(i - j) * 6e-8 * |exponent|``, tiny where the factor is not already negligible."""
     i3 = _iota((SUB, SUB, 1), 0)
     j3 = _iota((SUB, SUB, 1), 1)
-    expo = G_a[:, None, :] - G_a[None, :, :]
-    return jnp.exp(jnp.where(j3 <= i3, expo, 0.0))
+
+    def add(s, expo):
+        g_s = g_ref[pl.ds(lo + s, 1), cols][None]  # [1, 1, D]
+        return expo + jnp.where((j3 < s) & (s <= i3), g_s, 0.0)
+
+    return jnp.exp(lax.fori_loop(1, SUB, add, jnp.zeros((SUB, SUB, width), _F32)))
 
 
-def _ref_row_factors(G, G_r, a, C):
-    """Row-/column-masked decay factors through reference row ``r = 16 a``.
+def _ref_row_factors(g, a, C):
+    """Row-/column-masked decay factors through reference row ``r = 16 a``, from the
+    per-token log-decays ``g [C, D]`` (``_anchored``).
 
-    Returns ``left [C, K] = exp(G_i - G_r)`` on rows of block ``a`` (else 0) and
-    ``right [C, K] = exp(G_r - G_j)`` on rows ``j < 16 a`` (else 0); both exponents <= 0.
+    Returns ``left [C, D] = exp(G_i - G_r)`` on rows of block ``a`` (else 0) and
+    ``right [C, D] = exp(G_r - G_j)`` on rows ``j < 16 a`` (else 0); both exponents <= 0.
     """
     row = _iota((C, 1), 0)
     in_a = (row >= a * SUB) & (row < (a + 1) * SUB)
     before = row < a * SUB
-    left = jnp.where(in_a, jnp.exp(jnp.where(in_a, G - G_r, 0.0)), 0.0)
-    right = jnp.where(before, jnp.exp(jnp.where(before, G_r - G, 0.0)), 0.0)
+    H = _anchored(g, a, C)
+    left = jnp.where(in_a, jnp.exp(jnp.where(in_a, H, 0.0)), 0.0)
+    right = jnp.where(before, jnp.exp(jnp.where(before, -H, 0.0)), 0.0)
     return left, right
 
 
@@ -164,7 +199,7 @@ def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C, bk):
             akk_off, aqk, skk, sqk = acc
             cols = _cols(t, bk, nk)
             # Off-diagonal blocks of row block a (empty for a == 0: `right` is all zero).
-            left, right = _ref_row_factors(g_ref[:, cols], g_ref[pl.ds(lo, 1), cols], a, C)
+            left, right = _ref_row_factors(g_ref[:, cols], a, C)
             k = k_ref[:, cols].astype(_F32)
             q = q_ref[:, cols].astype(_F32) * scale
             kr = k * right
@@ -173,7 +208,7 @@ def _scores_and_inverse(q_ref, k_ref, g_ref, b_ref, scale, C, bk):
             # Diagonal block, pairwise (masked below, once summed over the tiles).
             k_a = k_ref[pl.ds(lo, SUB), cols].astype(_F32)
             q_a = q_ref[pl.ds(lo, SUB), cols].astype(_F32) * scale
-            decay = _pair_decay(g_ref[pl.ds(lo, SUB), cols])
+            decay = _pair_decay(g_ref, lo, cols, bk)
             skk = skk + jnp.sum(k_a[:, None, :] * k_a[None, :, :] * decay, axis=2)
             sqk = sqk + jnp.sum(q_a[:, None, :] * k_a[None, :, :] * decay, axis=2)
             return akk_off, aqk, skk, sqk
@@ -211,7 +246,8 @@ def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, 
 
     def w_tile(t, carry):
         cols = _cols(t, bk, nk)
-        w_ref[:, cols] = dot(Tinv, beta * jnp.exp(g_ref[:, cols]) * k_ref[:, cols].astype(_F32))
+        eG = jnp.exp(_prefix(g_ref[:, cols]))
+        w_ref[:, cols] = dot(Tinv, beta * eG * k_ref[:, cols].astype(_F32))
         return carry
 
     def u_tile(t, carry):
@@ -224,37 +260,45 @@ def _intra_fwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, w_ref, u_ref, aqk_ref, 
     aqk_ref[...] = aqk
 
 
-def _decayed_row_col(M, g_ref, x_ref, y_ref, cols, x_scale, C):
-    """For lower-triangular ``M [C, C]``: ``row_i = sum_j M_ij y_j e^{G_i - G_j}`` and
-    ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (both ``[C, cols]``), stably, on the key
-    channels ``cols`` (x, y, G read from the refs there; x times ``x_scale``)."""
-    G = g_ref[:, cols]
-    x = x_ref[:, cols].astype(_F32)
-    x = x if x_scale is None else x * x_scale
-    y = y_ref[:, cols].astype(_F32)
+def _decayed_row_col(Ms, xs, g_ref, y_ref, cols, C):
+    """For lower-triangular ``Ms`` (``[C, C]`` each) with row operands ``xs`` (refs, each
+    with a scale or ``None``) and the column operand ``y``: per matrix
+    ``row_i = sum_j M_ij y_j e^{G_i - G_j}`` and, summed over the matrices,
+    ``col_j = sum_i M_ij x_i e^{G_i - G_j}`` (``[C, cols]``), stably, on the key channels
+    ``cols``. The decay factors of each block (``_ref_row_factors``, ``_pair_decay``) are
+    formed once for all the matrices."""
+    def load(ref, rows, x_scale=None):
+        x = ref[rows, cols].astype(_F32)
+        return x if x_scale is None else x * x_scale
+
+    g = g_ref[:, cols]
+    y = load(y_ref, slice(None))
+    x_full = [load(x_ref, slice(None), x_scale) for x_ref, x_scale in xs]
     r = _iota((C, 1), 0)
     c = _iota((1, C), 1)
 
     def block(a, carry):
-        row_out, col_out = carry
+        rows, col = carry
         lo = pl.multiple_of(a * SUB, SUB)
-        left, right = _ref_row_factors(G, g_ref[pl.ds(lo, 1), cols], a, C)
+        left, right = _ref_row_factors(g, a, C)
+        decay = _pair_decay(g_ref, lo, cols, g.shape[-1])
         in_a = (r >= lo) & (r < lo + SUB)
-        M_a = jnp.where(in_a & (c < lo), M, 0.0)  # block row a, columns before it
-        row_out = row_out + left * dot(M_a, y * right)
-        col_out = col_out + right * t_dot(M_a, x * left)
         P = _selector(C, lo)
-        M_aa = dot_t(dot(P, M), P)  # [16, 16] diagonal block
-        md = M_aa[:, :, None] * _pair_decay(g_ref[pl.ds(lo, SUB), cols])
-        y_a = y_ref[pl.ds(lo, SUB), cols].astype(_F32)
-        x_a = x_ref[pl.ds(lo, SUB), cols].astype(_F32)
-        x_a = x_a if x_scale is None else x_a * x_scale
-        row_out = row_out + t_dot(P, jnp.sum(md * y_a[None, :, :], axis=1))
-        col_out = col_out + t_dot(P, jnp.sum(md * x_a[:, None, :], axis=0))
-        return row_out, col_out
+        y_r = y * right
+        y_a = load(y_ref, pl.ds(lo, SUB))
+        new_rows = []
+        for M, row, x, (x_ref, x_scale) in zip(Ms, rows, x_full, xs):
+            M_a = jnp.where(in_a & (c < lo), M, 0.0)  # block row a, columns before it
+            row = row + left * dot(M_a, y_r)
+            col = col + right * t_dot(M_a, x * left)
+            md = dot_t(dot(P, M), P)[:, :, None] * decay  # [16, 16] diagonal block, decayed
+            x_a = load(x_ref, pl.ds(lo, SUB), x_scale)
+            new_rows.append(row + t_dot(P, jnp.sum(md * y_a[None, :, :], axis=1)))
+            col = col + t_dot(P, jnp.sum(md * x_a[:, None, :], axis=0))
+        return tuple(new_rows), col
 
-    zeros = jnp.zeros(x.shape, _F32)
-    return lax.fori_loop(0, C // SUB, block, (zeros, zeros))
+    zeros = jnp.zeros(y.shape, _F32)
+    return lax.fori_loop(0, C // SUB, block, ((zeros,) * len(Ms), zeros))
 
 
 def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_ref,
@@ -277,14 +321,21 @@ def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_re
 
     def dtinv_k(t, acc):
         cols = _cols(t, bk, nk)
-        bk_t = beta * jnp.exp(g_ref[:, cols]) * k_ref[:, cols].astype(_F32)
+        bk_t = beta * jnp.exp(_prefix(g_ref[:, cols])) * k_ref[:, cols].astype(_F32)
         return acc + dot_t(dw_ref[:, cols], bk_t)
 
     dTinv = _loop(nk, dtinv_k, _loop(nv, dtinv_v, jnp.zeros((C, C), _F32)))
     dTinv = jnp.where(c <= r, dTinv, 0.0)
     dA = jnp.where(c < r, -t_dot(Tinv, dot_t(dTinv, Tinv)), 0.0)  # d(beta * Akk_raw)
     bdA = beta * dA
-    daqk = jnp.where(c <= r, daqk_ref[...], 0.0)
+    # Aqk's diagonal (decay exp(0) = 1) is taken apart: its terms in dq and dk are
+    # plain products, and in dG they cancel exactly (q_i d_i k_i - k_i d_i q_i), so they
+    # are left out there rather than summed into the rows and columns and cancelled in
+    # rounding (with strong decays the true dG is small next to them, and the reverse
+    # cumulative sum that turns dG into dg would carry the residue).
+    daqk = daqk_ref[...]
+    daqk_diag = jnp.sum(jnp.where(c == r, daqk, 0.0), axis=1, keepdims=True)  # [C, 1]
+    daqk = jnp.where(c < r, daqk, 0.0)
     dbeta = jnp.sum(dA * akk_raw, axis=1, keepdims=True)
 
     def v_grads(t, dbeta):
@@ -297,16 +348,17 @@ def _intra_bwd_kernel(q_ref, k_ref, v_ref, g_ref, b_ref, dw_ref, du_ref, daqk_re
         cols = _cols(t, bk, nk)
         q = q_ref[:, cols].astype(_F32) * scale
         k = k_ref[:, cols].astype(_F32)
-        eGk = jnp.exp(g_ref[:, cols]) * k
+        eG = jnp.exp(_prefix(g_ref[:, cols]))
+        eGk = eG * k
         d_bk = t_dot(Tinv, dw_ref[:, cols])
-        # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij.
-        kk_row, kk_col = _decayed_row_col(bdA, g_ref, k_ref, k_ref, cols, None, C)
-        # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk (lower incl. diagonal).
-        qk_row, qk_col = _decayed_row_col(daqk, g_ref, q_ref, k_ref, cols, scale, C)
-        dk = beta * jnp.exp(g_ref[:, cols]) * d_bk + dk1_ref[:, cols] + kk_row + kk_col + qk_col
-        dq = dq1_ref[:, cols] + qk_row
-        dG = (beta * eGk * d_bk + dg1_ref[:, cols] + k * (kk_row - kk_col) + q * qk_row
-              - k * qk_col)
+        # Akk_raw[i, j] = sum_d k_id k_jd e^{G_id - G_jd}, cotangent beta_i dA_ij; and
+        # Aqk[i, j] = sum_d q_id k_jd e^{G_id - G_jd}, cotangent dAqk: its strict lower
+        # triangle here, the diagonal (decay 1) apart. Both have column operand k.
+        (kk_row, qk_row), col = _decayed_row_col(
+            (bdA, daqk), ((k_ref, None), (q_ref, scale)), g_ref, k_ref, cols, C)
+        dk = beta * eG * d_bk + dk1_ref[:, cols] + kk_row + col + daqk_diag * q
+        dq = dq1_ref[:, cols] + qk_row + daqk_diag * k
+        dG = beta * eGk * d_bk + dg1_ref[:, cols] + k * kk_row + q * qk_row - k * col
         dq_ref[:, cols] = (dq * scale).astype(dq_ref.dtype)
         dk_ref[:, cols] = dk.astype(dk_ref.dtype)
         dg_ref[:, cols] = dG
@@ -320,10 +372,11 @@ def _chunk_spec(C, D):
     return pl.BlockSpec((None, None, C, D), lambda b, h, n: (b, h, n, 0))
 
 
-def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret, block_k=None,
+def intra_fwd(q, k, v, g, beta, *, scale, C, compiler_params, interpret, block_k=None,
               block_v=None):
-    """``q, k, G: [B, H, Tp, K]``, ``v: [B, H, Tp, V]``, ``beta: [B, H, Tp, 1]`` ->
-    ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``, ``Aqk [B, H, Tp, C]`` (float32).
+    """``q, k: [B, H, Tp, K]``, ``v: [B, H, Tp, V]``, ``g`` (per-token log-decays, float32):
+    ``[B, H, Tp, K]``, ``beta: [B, H, Tp, 1]`` -> ``W [B, H, Tp, K]``, ``U [B, H, Tp, V]``,
+    ``Aqk [B, H, Tp, C]`` (float32).
 
     ``block_k`` / ``block_v``: in-kernel column tiles over K / V (``None``: whole)."""
     B, H, Tp, K = q.shape
@@ -337,12 +390,14 @@ def intra_fwd(q, k, v, G, beta, *, scale, C, compiler_params, interpret, block_k
         out_specs=[_chunk_spec(C, K), _chunk_spec(C, V), _chunk_spec(C, C)],
         out_shape=[f32((B, H, Tp, K), _F32), f32((B, H, Tp, V), _F32), f32((B, H, Tp, C), _F32)],
         compiler_params=compiler_params, interpret=interpret, name="kda_intra_fwd",
-    )(q, k, v, G, beta)
+    )(q, k, v, g, beta)
 
 
-def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compiler_params,
+def intra_bwd(q, k, v, g, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compiler_params,
               interpret, block_k=None, block_v=None):
-    """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dG``, ``dbeta`` (f32).
+    """Intra-chunk backward; returns ``dq, dk, dv`` (input dtypes), ``dbeta`` (f32) and
+    ``dG`` (f32): the gradient w.r.t. the in-chunk prefix sums of ``g`` (with the state
+    pass's ``dG1`` added), whose reverse cumulative sum is its part of ``dg``.
 
     ``block_k`` / ``block_v``: in-kernel column tiles over K / V (``None``: whole)."""
     B, H, Tp, K = q.shape
@@ -359,59 +414,4 @@ def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, compil
         out_shape=[sds(q.shape, q.dtype), sds(k.shape, k.dtype), sds(v.shape, v.dtype),
                    sds((B, H, Tp, K), _F32), sds((B, H, Tp, 1), _F32)],
         compiler_params=compiler_params, interpret=interpret, name="kda_intra_bwd",
-    )(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1)
-
-
-# ----------------------------------------------------------------------------- state pass
-# Per-chunk math of the sequential state pass; the backends (``pallas_tpu.py``,
-# ``pallas_gpu.py``) differ only in how they walk the chunks and keep the state.
-def step_fwd(q, k, G, G_last, W, U, Aqk, decay_col, S, scale):
-    q = q.astype(_F32) * scale
-    k = k.astype(_F32)
-    vn = U - dot(W, S)
-    o = dot(q * jnp.exp(G), S) + dot(Aqk, vn)
-    kg = k * jnp.exp(G_last - G)
-    return o, decay_col * S + t_dot(kg, vn)
-
-
-def step_bwd(q, k, G, G_last, W, U, Aqk, decay_col, S, dO, dS, scale):
-    """Reverse step. ``S``: state at chunk start, ``dS``: grad of state at chunk end."""
-    C = q.shape[0]
-    q = q.astype(_F32) * scale
-    k = k.astype(_F32)
-    dO = dO.astype(_F32)
-    eG = jnp.exp(G)
-    qg = q * eG
-    kdec = jnp.exp(G_last - G)
-    kg = k * kdec
-    vn = U - dot(W, S)
-    dvn = t_dot(Aqk, dO) + dot(kg, dS)
-    r = lax.broadcasted_iota(jnp.int32, (C, C), 0)
-    c = lax.broadcasted_iota(jnp.int32, (C, C), 1)
-    daqk = jnp.where(c <= r, dot_t(dO, vn), 0.0)
-    dqg = dot_t(dO, S)
-    dkg = dot_t(vn, dS)
-    last = lax.broadcasted_iota(jnp.int32, (C, 1), 0) == C - 1
-    dG1 = qg * dqg - kg * dkg + jnp.where(last, jnp.sum(kg * dkg, axis=0, keepdims=True), 0.0)
-    ddecay = jnp.sum(S * dS, axis=1, keepdims=True)  # [K, 1]
-    dW = -dot_t(dvn, S)
-    dS_prev = decay_col * dS + t_dot(qg, dO) - t_dot(W, dvn)
-    return dict(dW=dW, dU=dvn, dAqk=daqk, dq1=eG * dqg, dk1=kdec * dkg, dG1=dG1,
-                ddecay=ddecay), dS_prev
-
-
-def fwd_out_shapes(B, H, Tp, K, V, N, out_dtype, with_states):
-    """Outputs of the forward state pass (both variants): ``o``, final state, and the
-    per-chunk start states ``h`` when ``with_states``."""
-    sds = jax.ShapeDtypeStruct
-    shapes = [sds((B, H, Tp, V), out_dtype), sds((B, H, K, V), _F32)]
-    return shapes + ([sds((B, H, N * K, V), _F32)] if with_states else [])
-
-
-def bwd_out_shapes(B, H, Tp, K, V, C, N):
-    """Outputs of the backward state pass (both variants): ``dW, dU, dAqk, dq1, dk1,
-    dG1`` per token, ``ddecay`` per chunk, and the initial state's gradient."""
-    sds = jax.ShapeDtypeStruct
-    return [sds((B, H, Tp, K), _F32), sds((B, H, Tp, V), _F32), sds((B, H, Tp, C), _F32),
-            sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32), sds((B, H, Tp, K), _F32),
-            sds((B, H, N * K, 1), _F32), sds((B, H, K, V), _F32)]
+    )(q, k, v, g, beta, dW, dU, dAqk, dq1, dk1, dG1)

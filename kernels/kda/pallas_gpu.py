@@ -14,9 +14,9 @@ Tiles come from ``pallas.BlockSizes`` (defaults ``block_k = block_v = 16``); ``b
   ``S[:, vt] <- decay S[:, vt] + Kg^T (U - W S)[:, vt]``), so each program holds a
   ``[K, bv]`` float32 state and loops over the chunks with ``lax.fori_loop`` (state in
   registers as the loop carry, ``BlockSizes.state_num_warps`` warps; per-chunk math
-  ``pallas_common.step_fwd`` / ``step_bwd``). In the backward ``dS`` and ``dU`` are per V
-  tile; ``dW, dAqk, dq1, dk1, dG1, ddecay`` are sums over V, written as per-tile partials
-  ``[V / bv, B, H, ...]`` and summed in XLA.
+  ``pallas_state.step_fwd`` / ``step_bwd``). In the backward ``dS`` and ``dU`` are per V
+  tile; ``dW, dAqk, dq1, dk1, dG1, dGs, ddecay`` are sums over V, written as per-tile
+  partials ``[V / bv, B, H, ...]`` and summed in XLA.
 
 Shared memory (estimates at K = V = 128, C = 64, float32 or bfloat16 inputs: every
 kernel computes in float32, so the input dtype hardly matters). One measurement on an
@@ -40,7 +40,11 @@ took 49.6 / 72.9 ms (``block_k=32`` the same, ``state_num_warps=2`` 134 ms); K =
 took 34.1 ms at ``block_v=32`` and 89.5 ms at ``block_k = block_v = 64`` (the old
 kernels' tiling). The state pass's sequential chunk loop dominates: more V tiles, more
 programs. The kernels match the xla path (max relative error below 1e-6 in float32)
-but are still about 6x slower than it.
+but are still about 6x slower than it. These timings predate the exact decay exponents
+(``pallas_common.py``: per 16-row block and key tile one more ``[C, C] x [C, bk]``
+product, and a 15-step loop over the ``[16, 16, bk]`` pair exponents, whose accumulator
+is one more such array live; the backward shares them between its two score-matrix
+cotangents); not re-measured since.
 
 Every function takes ``[B, H, Tp, D]`` arrays (``Tp`` a multiple of the chunk ``C``) and
 the same keywords as its twin in ``pallas_tpu.py``; ``pallas.py`` picks the module.
@@ -55,7 +59,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from kernels.kda import pallas_common
-from kernels.kda.pallas_common import bwd_out_shapes, fwd_out_shapes, step_bwd, step_fwd
+from kernels.kda.pallas_state import bwd_out_shapes, fwd_out_shapes, step_bwd, step_fwd
 
 _F32 = jnp.float32
 
@@ -66,20 +70,20 @@ def _triton_params(num_warps, num_stages):
 
 
 # ----------------------------------------------------------------------------- intra-chunk
-def intra_fwd(q, k, v, G, beta, *, scale, C, block_sizes, interpret):
+def intra_fwd(q, k, v, g, beta, *, scale, C, block_sizes, interpret):
     """``W, U, Aqk`` per chunk (``pallas_common.intra_fwd``, column tiles of
     ``block_sizes.block_k`` / ``block_v``)."""
     params = _triton_params(block_sizes.num_warps, block_sizes.num_stages)
-    return pallas_common.intra_fwd(q, k, v, G, beta, scale=scale, C=C, compiler_params=params,
+    return pallas_common.intra_fwd(q, k, v, g, beta, scale=scale, C=C, compiler_params=params,
                                    interpret=interpret, block_k=block_sizes.block_k,
                                    block_v=block_sizes.block_v)
 
 
-def intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, block_sizes,
+def intra_bwd(q, k, v, g, beta, dW, dU, dAqk, dq1, dk1, dG1, *, scale, C, block_sizes,
               interpret):
     """``dq, dk, dv, dG, dbeta`` through the intra-chunk matrices."""
     params = _triton_params(block_sizes.num_warps, block_sizes.num_stages)
-    return pallas_common.intra_bwd(q, k, v, G, beta, dW, dU, dAqk, dq1, dk1, dG1, scale=scale,
+    return pallas_common.intra_bwd(q, k, v, g, beta, dW, dU, dAqk, dq1, dk1, dG1, scale=scale,
                                    C=C, compiler_params=params, interpret=interpret,
                                    block_k=block_sizes.block_k, block_v=block_sizes.block_v)
 
@@ -89,16 +93,15 @@ def _rows(ref, n, size):
     return ref[pl.ds(pl.multiple_of(n * size, size), size), :]
 
 
-def _state_fwd_kernel(q_ref, k_ref, g_ref, w_ref, u_ref, a_ref, d_ref, s0_ref,
+def _state_fwd_kernel(q_ref, k_ref, g_ref, gs_ref, w_ref, u_ref, a_ref, d_ref, s0_ref,
                       o_ref, sT_ref, *rest, scale, C, K, N, with_states):
     h_ref = rest[0] if with_states else None
 
     def body(n, S):
         if with_states:
             h_ref[pl.ds(pl.multiple_of(n * K, K), K), :] = S
-        G = _rows(g_ref, n, C)
-        G_last = g_ref[pl.ds(n * C + C - 1, 1), :]
-        o, S_next = step_fwd(_rows(q_ref, n, C), _rows(k_ref, n, C), G, G_last,
+        o, S_next = step_fwd(_rows(q_ref, n, C), _rows(k_ref, n, C), _rows(g_ref, n, C),
+                             _rows(gs_ref, n, C),
                              _rows(w_ref, n, C), _rows(u_ref, n, C), _rows(a_ref, n, C),
                              _rows(d_ref, n, K), S, scale)
         o_ref[pl.ds(pl.multiple_of(n * C, C), C), :] = o.astype(o_ref.dtype)
@@ -107,19 +110,18 @@ def _state_fwd_kernel(q_ref, k_ref, g_ref, w_ref, u_ref, a_ref, d_ref, s0_ref,
     sT_ref[...] = lax.fori_loop(0, N, body, s0_ref[...])
 
 
-def _state_bwd_kernel(q_ref, k_ref, g_ref, w_ref, u_ref, a_ref, d_ref, h_ref, do_ref,
-                      dsT_ref, dw_ref, du_ref, daqk_ref, dq1_ref, dk1_ref, dg1_ref, ddec_ref,
-                      ds0_ref, *, scale, C, K, N):
+def _state_bwd_kernel(q_ref, k_ref, g_ref, gs_ref, w_ref, u_ref, a_ref, d_ref, h_ref, do_ref,
+                      dsT_ref, dw_ref, du_ref, daqk_ref, dq1_ref, dk1_ref, dg1_ref, dgs_ref,
+                      ddec_ref, ds0_ref, *, scale, C, K, N):
     def body(i, dS):
         n = N - 1 - i
-        G = _rows(g_ref, n, C)
-        G_last = g_ref[pl.ds(n * C + C - 1, 1), :]
-        grads, dS_prev = step_bwd(_rows(q_ref, n, C), _rows(k_ref, n, C), G, G_last,
+        grads, dS_prev = step_bwd(_rows(q_ref, n, C), _rows(k_ref, n, C), _rows(g_ref, n, C),
+                                  _rows(gs_ref, n, C),
                                   _rows(w_ref, n, C), _rows(u_ref, n, C), _rows(a_ref, n, C),
                                   _rows(d_ref, n, K), _rows(h_ref, n, K), _rows(do_ref, n, C),
                                   dS, scale)
         for ref, name in ((dw_ref, "dW"), (du_ref, "dU"), (daqk_ref, "dAqk"), (dq1_ref, "dq1"),
-                          (dk1_ref, "dk1"), (dg1_ref, "dG1")):
+                          (dk1_ref, "dk1"), (dg1_ref, "dG1"), (dgs_ref, "dGs")):
             ref[pl.ds(pl.multiple_of(n * C, C), C), :] = grads[name]
         ddec_ref[pl.ds(pl.multiple_of(n * K, K), K), :] = grads["ddecay"]
         return dS_prev
@@ -147,10 +149,11 @@ def _v_block(V, block_sizes):
     return bv, V // bv
 
 
-def state_fwd(q, k, G, W, U, Aqk, decay, s0, *, scale, C, out_dtype, with_states,
+def state_fwd(q, k, G, Gs, W, U, Aqk, decay, s0, *, scale, C, out_dtype, with_states,
               block_sizes, interpret):
     """Forward state pass: ``o``, the final state and (``with_states``) the per-chunk
-    start states ``h``. Grid ``(B, H, V / block_v)``: state columns are independent."""
+    start states ``h``. ``G`` / ``Gs``: in-chunk prefix / suffix sums of the log-decays
+    (``pallas.chunk_sums``). Grid ``(B, H, V / block_v)``: state columns are independent."""
     B, H, Tp, K = q.shape
     V = U.shape[-1]
     N = Tp // C
@@ -162,38 +165,40 @@ def state_fwd(q, k, G, W, U, Aqk, decay, s0, *, scale, C, out_dtype, with_states
         functools.partial(_state_fwd_kernel, scale=scale, C=C, K=K, N=N, with_states=with_states),
         grid=(B, H, nv),
         in_specs=[_full((Tp, K)), _full((Tp, K)), _full((Tp, K)), _full((Tp, K)),
-                  _v_tile(Tp, bv), _full((Tp, C)), _full((N * K, 1)), _v_tile(K, bv)],
+                  _full((Tp, K)), _v_tile(Tp, bv), _full((Tp, C)), _full((N * K, 1)),
+                  _v_tile(K, bv)],
         out_specs=out_specs, out_shape=out_shape,
         compiler_params=_triton_params(block_sizes.state_num_warps, block_sizes.num_stages),
         interpret=interpret, name="kda_state_fwd_gpu",
-    )(q, k, G, W, U, Aqk, decay, s0)
+    )(q, k, G, Gs, W, U, Aqk, decay, s0)
 
 
-def state_bwd(q, k, G, W, U, Aqk, decay, h, dO, dsT, *, scale, C, block_sizes, interpret):
+def state_bwd(q, k, G, Gs, W, U, Aqk, decay, h, dO, dsT, *, scale, C, block_sizes,
+              interpret):
     """Backward state pass, an in-kernel loop over the chunks in reverse, grid
     ``(B, H, V / block_v)``. ``dU`` and ``dS`` are per V tile; ``dW, dAqk, dq1, dk1, dG1,
-    ddecay`` sum over V, so each tile writes its partial (leading ``NV`` axis) and XLA
+    dGs, ddecay`` sum over V, so each tile writes its partial (leading ``NV`` axis) and XLA
     adds them up (no extra memory when ``V <= block_v``)."""
     B, H, Tp, K = q.shape
     V = U.shape[-1]
     N = Tp // C
     bv, nv = _v_block(V, block_sizes)
     shapes = bwd_out_shapes(B, H, Tp, K, V, C, N)
-    summed = (0, 2, 3, 4, 5, 6)  # dW, dAqk, dq1, dk1, dG1, ddecay
+    summed = (0, 2, 3, 4, 5, 6, 7)  # dW, dAqk, dq1, dk1, dG1, dGs, ddecay
     out_shape = [jax.ShapeDtypeStruct((nv,) + s.shape, s.dtype) if i in summed else s
                  for i, s in enumerate(shapes)]
     outs = pl.pallas_call(
         functools.partial(_state_bwd_kernel, scale=scale, C=C, K=K, N=N),
         grid=(B, H, nv),
         in_specs=[_full((Tp, K)), _full((Tp, K)), _full((Tp, K)), _full((Tp, K)),
-                  _v_tile(Tp, bv), _full((Tp, C)), _full((N * K, 1)), _v_tile(N * K, bv),
-                  _v_tile(Tp, bv), _v_tile(K, bv)],
+                  _full((Tp, K)), _v_tile(Tp, bv), _full((Tp, C)), _full((N * K, 1)),
+                  _v_tile(N * K, bv), _v_tile(Tp, bv), _v_tile(K, bv)],
         out_specs=[_partial((Tp, K)), _v_tile(Tp, bv), _partial((Tp, C)), _partial((Tp, K)),
-                   _partial((Tp, K)), _partial((Tp, K)), _partial((N * K, 1)),
-                   _v_tile(K, bv)],
+                   _partial((Tp, K)), _partial((Tp, K)), _partial((Tp, K)),
+                   _partial((N * K, 1)), _v_tile(K, bv)],
         out_shape=out_shape,
         compiler_params=_triton_params(block_sizes.state_num_warps, block_sizes.num_stages),
         interpret=interpret, name="kda_state_bwd_gpu",
-    )(q, k, G, W, U, Aqk, decay, h, dO, dsT)
+    )(q, k, G, Gs, W, U, Aqk, decay, h, dO, dsT)
     return [(x[0] if nv == 1 else jnp.sum(x, axis=0)) if i in summed else x
             for i, x in enumerate(outs)]
