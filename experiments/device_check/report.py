@@ -26,14 +26,15 @@ def _cell(recs: list[dict], fmt) -> str:
 
 
 def _attention(recs: list[dict]) -> list[str]:
-    pts = [r for r in recs if r.get("section") == "attention" and "impl" in r and "seq_len" in r]
-    if not pts:
+    # points, and the records of implementations skipped whole (no seq_len: every cell)
+    pts = [r for r in recs if r.get("section") == "attention" and "impl" in r]
+    r0 = next((r for r in pts if "heads" in r), None)
+    if r0 is None:
         return []
     impls = list(dict.fromkeys(r["impl"] for r in pts))
-    lens = sorted({r["seq_len"] for r in pts})
-    r0 = next(r for r in pts if "heads" in r)
+    lens = sorted({r["seq_len"] for r in pts if "seq_len" in r})
     lines = []
-    find = lambda i, t, m: [r for r in pts if (r["impl"], r["seq_len"]) == (i, t)
+    find = lambda i, t, m: [r for r in pts if r["impl"] == i and r.get("seq_len", t) == t
                             and r.get("mode", m) == m]
     for mode, title in (("fwd_bwd", "forward+backward"), ("fwd", "forward")):
         lines += [f"### Attention, {title}: ms (warm-up s); B={r0['batch']}, H={r0['heads']}, "
@@ -57,20 +58,24 @@ def _attention(recs: list[dict]) -> list[str]:
     return lines
 
 
+def _flops(x: float) -> str:
+    return f"{x / 1e12:,.0f} TFLOP/s" if x >= 1e12 else f"{x / 1e9:,.1f} GFLOP/s"
+
+
 def _training(recs: list[dict]) -> list[str]:
     tr = [r for r in recs if r.get("section") == "training"]
     if not tr:
         return []
     peak = [r for r in tr if r["kind"] == "peak"]
-    pk = (f"{peak[-1]['flops_per_s'] / 1e12:.0f} TFLOP/s ({peak[-1]['dtype']} "
-          f"{peak[-1]['n']}^3 matmul)" if peak else "not measured")
+    pk = (f"{_flops(peak[-1]['flops_per_s'])} ({peak[-1]['dtype']} {peak[-1]['n']}^3 matmul)"
+          if peak else "not measured")
     lines = ["### Training throughput", "", f"Measured peak: {pk}.", ""]
     rows = []
     for r in tr:
         if r["kind"] == "point":
             mp = r.get("mfu_measured_peak")
             rows.append([r["arm"], f"{r['pattern']} x {r['n_layers']}",
-                         f"{r['n_params_nonembed'] / 1e6:.0f}M", f"{r['seq_len']} x {r['global_batch']}",
+                         f"{r['n_params_nonembed'] / 1e6:.3g}M", f"{r['seq_len']} x {r['global_batch']}",
                          f"{r['tokens_per_s']:,.0f}", f"{r['step_ms']:.1f}", f"{r['compile_s']:.1f}",
                          f"{100 * r['mfu_spec']:.1f}%", f"{100 * mp:.1f}%" if mp else "-"])
         elif r["kind"] == "error":
