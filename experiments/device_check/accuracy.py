@@ -53,7 +53,6 @@ def out_and_grads(f, args, seed: int = 7):
 def _kda_case(shape, dtype):
     """KDA inputs with the hard cases: strong decays, beta of exactly 0 and 1."""
     import jax
-    import jax.numpy as jnp
 
     from kernels.kda import l2_normalize
 

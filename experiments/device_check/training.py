@@ -16,7 +16,7 @@ import time
 
 from experiments.device_check import records
 
-PEAK_FILE = "peak"
+PEAK_KIND = "peak"
 
 
 def measure_peak(p) -> dict:
@@ -63,7 +63,7 @@ def arm_config(cfg, arm: str):
 
 def _measured_peak(out: str) -> float | None:
     for r in records.read(out):
-        if r.get("section") == "training" and r.get("kind") == PEAK_FILE:
+        if r.get("section") == "training" and r.get("kind") == PEAK_KIND:
             return r["flops_per_s"]
     return None
 
@@ -73,7 +73,7 @@ def run_item(name: str, cfg, out: str, deadline: float, log=print) -> None:
     del deadline                      # one measurement per item: the hard limit suffices
     if name == "peak":
         r = measure_peak(cfg.training.peak)
-        records.append(out, dict(section="training", kind=PEAK_FILE, **r))
+        records.append(out, dict(section="training", kind=PEAK_KIND, **r))
         log(f"[training] {r['dtype']} {r['n']}^3 matmul: {r['flops_per_s'] / 1e9:,.0f} GFLOP/s")
         return
     import jax

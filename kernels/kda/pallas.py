@@ -232,7 +232,7 @@ def kda_pallas(q_BTHK, k_BTHK, v_BTHV, g_BTHK, beta_BTH, *, scale, initial_state
     check_tiles(K, V, C, variant)
     block_sizes = block_sizes or BlockSizes.get_default()
     pad = pad_to_chunks(T, C)
-    Tp, N = T + pad, (T + pad) // C
+    N = (T + pad) // C
 
     def to_bhtd(x, dtype=None):
         x = x if dtype is None else x.astype(dtype)
