@@ -12,29 +12,20 @@ against the measured peak. MFU counts the step's FLOPs in the ``compiled`` conve
 """
 from __future__ import annotations
 
-import time
-
 from experiments.device_check import records
 
 PEAK_KIND = "peak"
 
 
 def measure_peak(p) -> dict:
-    """``{flops_per_s, n, dtype, time_s}``: best of ``p.repeats`` square matmuls."""
+    """``{flops_per_s, n, dtype, time_s, device}``: the best of ``p.repeats`` square
+    matmuls in ``p.dtype`` (``moba_jax.train.metrics.measure_matmul_flops``)."""
     import jax
-    import jax.numpy as jnp
 
-    dt = jnp.dtype(p.dtype)
-    a = jax.random.normal(jax.random.key(0), (p.n, p.n), jnp.float32).astype(dt)
-    b = jax.random.normal(jax.random.key(1), (p.n, p.n), jnp.float32).astype(dt)
-    mm = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32).astype(dt))
-    jax.block_until_ready(mm(a, b))
-    best = float("inf")
-    for _ in range(int(p.repeats)):
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        best = min(best, time.perf_counter() - t0)
-    return dict(flops_per_s=2.0 * p.n ** 3 / best, n=int(p.n), dtype=str(p.dtype), time_s=best,
+    from moba_jax.train import metrics
+
+    flops = metrics.measure_matmul_flops(int(p.n), int(p.repeats), str(p.dtype))
+    return dict(flops_per_s=flops, n=int(p.n), dtype=str(p.dtype), time_s=2.0 * p.n ** 3 / flops,
                 device=jax.devices()[0].device_kind)
 
 
