@@ -29,7 +29,7 @@ Designed as both papers designed their scaling sweeps, smaller:
   with 256-token position buckets and the trailing 256-token loss.
 
 Full attention and MLA use the ``"blocked"`` path (exact; the fast one on CPU).
-The measured wall time of the one command is in the README ("Replication").
+The measured wall time of the one command is in docs/measurements.md.
 """
 import ml_collections
 

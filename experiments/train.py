@@ -3,7 +3,7 @@
     python -m experiments.train --config=configs/lm.py:small --workdir=/tmp/lm_small
 
 Resumes automatically from the latest checkpoint in ``--workdir``. Several
-processes (one per host) run the same command; see README "Scaling out"::
+processes (one per host) run the same command; see docs/scaling_out.md::
 
     python -m experiments.train --config=configs/lm.py:tiny --workdir=/shared/run \\
         --coordinator_address=10.0.0.1:12345 --num_processes=2 --process_id=0   # and =1

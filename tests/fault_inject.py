@@ -13,7 +13,7 @@ boundary instead, for paths under FOLDER only:
 - ``ENOSPC``: ``shutil.disk_usage`` reports no free space there, which is how the
   trainer learns, before writing a checkpoint, that it does not fit (a save cut short
   part-way is cleaned up too, see ``moba_jax/train/checkpointing.py``; that path was
-  checked on a real 600 KB tmpfs, see the README's "When things fail").
+  checked on a real 600 KB tmpfs, see docs/failures.md).
 
 The first SKIP faulting calls succeed (e.g. ``ENOSPC 1``: the first checkpoint fits,
 the second does not).

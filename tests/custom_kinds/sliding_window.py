@@ -1,6 +1,6 @@
 """A user-defined attention kind, outside the moba_jax package: sliding-window attention.
 
-This file is the example of README's "Adding an attention kind" and is used by
+This file is the example of docs/adding_an_attention_kind.md and is used by
 ``tests/test_custom_kind.py``: importing it registers the kind ``"swa"``, and from
 then on configs can name it in ``model.attention_pattern`` like a built-in kind.
 Nothing in the package is edited.
